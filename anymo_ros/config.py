@@ -1,0 +1,142 @@
+"""Pipeline configuration: one dataclass tree, the single source of defaults and descriptions.
+
+The ROS node declares one parameter per leaf field (``tracker.max_tracks`` and so on), with the
+field's description; the offline tools read the same tree from YAML.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+
+def _param(default: Any, description: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"description": description, **kwargs})
+
+
+@dataclass
+class TrackerConfig:
+    backend: str = _param("lk", "Point tracker: 'lk' (pyramidal Lucas-Kanade, built in).")
+    max_tracks: int = _param(1200, "Upper bound on live tracks. About 1000 keeps the CPU budget at 854x480.")
+    grid_spacing: int = _param(12, "Seeding grid spacing in processing pixels; a cell without a live track gets a new one.")
+    lk_window: int = _param(15, "Lucas-Kanade window size in processing pixels.")
+    lk_levels: int = _param(3, "Pyramid levels for Lucas-Kanade.")
+    fb_threshold: float = _param(1.0, "Forward-backward error (processing px) above which a point is lost.")
+    min_corner_quality: float = _param(0.001, "Shi-Tomasi quality for new seeds; textureless cells get no track.")
+
+
+@dataclass
+class ClassifierConfig:
+    backend: str = _param("geometric", "Dynamic/static track classifier: 'geometric' (camera-motion residual) or 'learned' (trajectory transformer).")
+    weights: str = _param("", "Weights file for the learned classifier; empty means the file shipped in resource/.")
+    residual_window: int = _param(12, "Frames of per-track residual history scored by the geometric classifier.")
+    z_threshold: float = _param(8.0, "Residual significance (in noise sigmas) at which a track is half-way dynamic.")
+    smoothing: float = _param(0.35, "Weight of the newest probability in the per-track exponential smoothing.")
+    hysteresis_on: float = _param(0.6, "Smoothed probability above which a track turns dynamic.")
+    hysteresis_off: float = _param(0.4, "Smoothed probability below which a dynamic track turns static again.")
+
+
+@dataclass
+class DensifyConfig:
+    backend: str = _param("flow", "Dense mask backend: 'flow' (weight-free DIS flow residual, built in).")
+    flow_preset: str = _param("fast", "OpenCV DIS preset: 'ultrafast', 'fast' or 'medium'.")
+    flow_scale: float = _param(1.0, "Scale of the flow field relative to processing resolution.")
+    evidence_decay: float = _param(0.6, "Weight of the warped previous motion map in the temporal accumulation.")
+    foreground_threshold: float = _param(0.5, "Accumulated motion probability above which a pixel can belong to an object.")
+    min_object_tracks: int = _param(4, "Dynamic tracks an object needs before it is reported.")
+    min_object_area: float = _param(0.002, "Smallest object area as a fraction of the image.")
+
+
+@dataclass
+class IdentityConfig:
+    max_lost_frames: int = _param(20, "Frames an unseen object keeps its id for re-identification after occlusion.")
+    min_track_overlap: float = _param(0.3, "Fraction of an object's tracks that must carry an old id for it to inherit that id.")
+
+
+@dataclass
+class SegmenterConfig:
+    device: str = _param("cpu", "Torch device for learned models: 'cpu', 'cuda' or 'cuda:N'.")
+    processing_width: int = _param(480, "Frames are resized to this width for tracking and flow; masks are returned at input size.")
+    window: int = _param(16, "Sliding-window length in frames: the track history the classifier sees.")
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    densify: DensifyConfig = field(default_factory=DensifyConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+
+    # --- flat view used by the ROS parameter layer and YAML files ---
+    def flat_items(self) -> Iterator[tuple[str, Any, str]]:
+        """(dotted name, value, description) for every leaf field."""
+        yield from _flat_items(self, "")
+
+    def update_flat(self, values: dict[str, Any]) -> None:
+        """Set leaf fields from dotted names; unknown names raise KeyError naming them."""
+        for name, value in values.items():
+            owner, leaf = _resolve(self, name)
+            current = getattr(owner, leaf)
+            setattr(owner, leaf, _coerce(value, type(current), name))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "SegmenterConfig":
+        """Read a config file: either a plain nested mapping or a ROS parameter file."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        config = cls()
+        config.update_flat(_pipeline_values(data))
+        return config
+
+
+def _flat_items(obj: Any, prefix: str) -> Iterator[tuple[str, Any, str]]:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _flat_items(value, name + ".")
+        else:
+            yield name, value, f.metadata.get("description", "")
+
+
+def _resolve(config: Any, dotted: str) -> tuple[Any, str]:
+    parts = dotted.split(".")
+    owner = config
+    for part in parts[:-1]:
+        if not hasattr(owner, part) or not dataclasses.is_dataclass(getattr(owner, part)):
+            raise KeyError(f"unknown pipeline parameter '{dotted}'")
+        owner = getattr(owner, part)
+    if not hasattr(owner, parts[-1]) or dataclasses.is_dataclass(getattr(owner, parts[-1])):
+        raise KeyError(f"unknown pipeline parameter '{dotted}'")
+    return owner, parts[-1]
+
+
+def _coerce(value: Any, kind: type, name: str) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"parameter '{name}' must be true or false, got {value!r}")
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind):
+        raise ValueError(f"parameter '{name}' must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _pipeline_values(data: dict) -> dict[str, Any]:
+    """Pipeline leaves from a YAML mapping; ROS files nest them under '<node>: ros__parameters: pipeline:'."""
+    for node_section in data.values():
+        if isinstance(node_section, dict) and "ros__parameters" in node_section:
+            return _flatten(node_section["ros__parameters"].get("pipeline", {}))
+    return _flatten(data.get("pipeline", data))

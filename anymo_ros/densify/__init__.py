@@ -1,0 +1,1 @@
+"""Dense mask backends: turn dynamic tracks into per-object masks."""

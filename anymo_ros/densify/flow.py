@@ -1,0 +1,199 @@
+"""Weight-free densifier: dense flow minus the camera's flow, accumulated along the flow over time.
+
+For every pixel of the current frame, OpenCV DIS gives where it was in the previous frame
+(backward flow). The camera model, fitted on the static tracks, says where the camera alone
+would have put it. Their difference, in units of the residual noise at static tracks, is the
+per-frame motion evidence. Evidence is accumulated recursively: the previous motion map is
+carried along the flow into the current frame and blended with today's evidence, which keeps
+slow or momentarily flow-less parts of an object lit and lets one-frame flow errors fade.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from anymo_ros.camera_motion import CameraMotion
+from anymo_ros.config import DensifyConfig
+
+_DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+_EVIDENCE_CENTER = 3.0   # residual (noise sigmas) with even odds of motion; Rayleigh tail ~1 %
+_EVIDENCE_SLOPE = 1.5
+_FLOW_WEIGHT = 0.5       # flow evidence counts like half a track
+_BACKGROUND_LEVEL = 0.2
+_OCCLUSION_PX = 1.5      # forward-backward flow disagreement marking (dis)occluded pixels  # motion-map value below which a pixel seeds the background
+_FLOW_NOISE_FLOOR = 0.3  # px: DIS errors are spatially correlated, so the sampled spread understates them
+
+
+@dataclass
+class Region:
+    """One candidate object: a connected part of the motion map backed by dynamic tracks."""
+
+    mask: np.ndarray          # (h, w) bool at flow resolution
+    track_rows: np.ndarray    # rows (into the dynamic-track arrays given) of the tracks inside
+
+
+class FlowResidualDensifier:
+    """Keeps the accumulated motion map and turns it plus dynamic tracks into regions."""
+
+    def __init__(self, config: DensifyConfig):
+        if config.flow_preset not in _DIS_PRESETS:
+            raise ValueError(f"unknown flow_preset '{config.flow_preset}' (choose from {sorted(_DIS_PRESETS)})")
+        self.config = config
+        self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[config.flow_preset])
+        self.reset()
+
+    def reset(self) -> None:
+        self.motion_map: np.ndarray | None = None   # accumulated P(moving), flow resolution
+        self.backward_flow: np.ndarray | None = None
+        self._prev_small: np.ndarray | None = None
+
+    def flow_size(self, gray: np.ndarray) -> tuple[int, int]:
+        height, width = gray.shape
+        scale = self.config.flow_scale
+        return max(8, round(width * scale)), max(8, round(height * scale))
+
+    def update(self, gray: np.ndarray, camera_backward: CameraMotion | None, track_xy: np.ndarray,
+               track_probability: np.ndarray, track_spacing: float) -> np.ndarray:
+        """Add the current frame (processing resolution); returns the accumulated motion map.
+
+        ``camera_backward`` maps current-frame points to the previous frame. ``track_xy`` are
+        current track positions (processing px) with their dynamic probability (NaN where a
+        track has no evidence yet); ``track_spacing`` is the typical distance between tracks.
+        """
+        width, height = self.flow_size(gray)
+        scale = width / gray.shape[1]
+        small = gray if gray.shape == (height, width) else cv2.resize(gray, (width, height), interpolation=cv2.INTER_AREA)
+        previous_small, self._prev_small = self._prev_small, small
+        if previous_small is None or previous_small.shape != small.shape or camera_backward is None:
+            self.motion_map = np.zeros((height, width), np.float32)
+            self.backward_flow = None
+            return self.motion_map
+        flow = self._dis.calc(small, previous_small, None)
+        forward_flow = self._dis.calc(previous_small, small, None)
+        magnitude = np.linalg.norm(camera_backward.residual_field(flow), axis=2)
+        known = np.isfinite(track_probability)
+        static_xy = track_xy[known & (track_probability < 0.3)] * scale
+        sigma = _residual_noise(magnitude, static_xy)
+        flow_evidence = 1.0 / (1.0 + np.exp(-_EVIDENCE_SLOPE * (magnitude / sigma - _EVIDENCE_CENTER)))
+        # Tracks are sharper evidence than flow, which smears across boundaries; flow fills in
+        # where tracks are missing (textureless surfaces).
+        track_vote, support = _splat(track_xy[known] * scale, track_probability[known], (height, width),
+                                     sigma=0.75 * track_spacing * scale)
+        evidence = (support * track_vote + _FLOW_WEIGHT * flow_evidence) / (support + _FLOW_WEIGHT)
+        decay = np.full((height, width), self.config.evidence_decay, np.float32)
+        carried = np.zeros((height, width), np.float32)
+        if self.motion_map is not None:
+            carried = warp_backward(self.motion_map, flow, cv2.INTER_LINEAR)
+            # Pixels just uncovered have no past: their backward flow is a guess, so nothing is carried.
+            round_trip = flow + warp_backward(forward_flow, flow, cv2.INTER_LINEAR)
+            decay[np.linalg.norm(round_trip, axis=2) > _OCCLUSION_PX] = 0.0
+        self.motion_map = (decay * carried + (1.0 - decay) * evidence).astype(np.float32)
+        self.backward_flow = flow
+        return self.motion_map
+
+    def regions(self, rgb: np.ndarray, dynamic_xy: np.ndarray, static_xy: np.ndarray) -> list[Region]:
+        """Object regions: parts of the thresholded motion map holding enough dynamic tracks,
+        with boundaries snapped to image edges by a marker watershed.
+
+        ``rgb`` is the processing-resolution frame; ``dynamic_xy``/``static_xy`` are positions
+        (processing px) of tracks confidently dynamic / static.
+        """
+        if self.motion_map is None or len(dynamic_xy) == 0:
+            return []
+        height, width = self.motion_map.shape
+        scale = width / rgb.shape[1]
+        foreground = (self.motion_map > self.config.foreground_threshold).astype(np.uint8)
+        foreground = cv2.morphologyEx(foreground, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        count, components = cv2.connectedComponents(foreground, connectivity=8)
+        if count <= 1:
+            return []
+        # Tracks sit on texture, often just outside a blurred boundary: look them up in a dilated copy.
+        reach = cv2.dilate(components.astype(np.float32), np.ones((5, 5), np.uint8)).astype(np.int32)
+        dyn_col, dyn_row = _pixel(dynamic_xy * scale, width, height)
+        track_component = np.where(components[dyn_row, dyn_col] > 0, components[dyn_row, dyn_col],
+                                   reach[dyn_row, dyn_col])
+        min_area = self.config.min_object_area * height * width
+        kept = []
+        for component in range(1, count):
+            rows = np.flatnonzero(track_component == component)
+            if len(rows) >= self.config.min_object_tracks and (components == component).sum() >= min_area:
+                kept.append((component, rows))
+        if not kept:
+            return []
+        markers = self._markers(components, kept, dyn_col, dyn_row, static_xy * scale)
+        small_rgb = rgb if rgb.shape[:2] == (height, width) else cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+        cv2.watershed(np.ascontiguousarray(small_rgb), markers)
+        regions = []
+        for label, (_, rows) in enumerate(kept, start=2):
+            mask = ndimage.binary_fill_holes(markers == label)
+            if mask.sum() >= min_area:
+                regions.append(Region(mask, rows))
+        return regions
+
+    def _markers(self, components: np.ndarray, kept: list[tuple[int, np.ndarray]], dyn_col: np.ndarray,
+                 dyn_row: np.ndarray, static_xy: np.ndarray) -> np.ndarray:
+        """Watershed seeds: 1 = background, 2.. = objects, 0 = undecided band around each object."""
+        height, width = components.shape
+        band = max(3, round(0.02 * max(height, width)))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+        objects = np.isin(components, [component for component, _ in kept]).astype(np.uint8)
+        markers = np.where(cv2.dilate(objects, kernel) > 0, 0, 1).astype(np.int32)
+        markers[self.motion_map < _BACKGROUND_LEVEL] = 1
+        for label, (component, _) in enumerate(kept, start=2):
+            markers[cv2.erode((components == component).astype(np.uint8), kernel) > 0] = label
+        # Tracks outrank the smooth map: a static track inside a blob is background.
+        st_col, st_row = _pixel(static_xy, width, height)
+        markers[st_row, st_col] = 1
+        for label, (_, rows) in enumerate(kept, start=2):
+            markers[dyn_row[rows], dyn_col[rows]] = label
+        return markers
+
+
+def _pixel(xy: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    col = np.clip(np.round(xy[:, 0]).astype(int), 0, width - 1)
+    row = np.clip(np.round(xy[:, 1]).astype(int), 0, height - 1)
+    return col, row
+
+
+def _splat(xy: np.ndarray, values: np.ndarray, shape: tuple[int, int], sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian-weighted average of point values (vote) and point density in tracks (support)."""
+    height, width = shape
+    col, row = _pixel(xy, width, height)
+    weighted = np.zeros(shape, np.float32)
+    density = np.zeros(shape, np.float32)
+    np.add.at(weighted, (row, col), values.astype(np.float32))
+    np.add.at(density, (row, col), 1.0)
+    weighted = cv2.GaussianBlur(weighted, (0, 0), sigma)
+    density = cv2.GaussianBlur(density, (0, 0), sigma)
+    vote = weighted / np.maximum(density, 1e-6)
+    # Scaled so that one track within about sigma counts as support 1.
+    support = density * (2.0 * np.pi * sigma * sigma)
+    return vote, support
+
+
+def warp_backward(image: np.ndarray, backward_flow: np.ndarray, interpolation: int) -> np.ndarray:
+    """Bring a previous-frame image into the current frame: sample it where each pixel came from."""
+    height, width = backward_flow.shape[:2]
+    grid_x, grid_y = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+    return cv2.remap(image, grid_x + backward_flow[..., 0], grid_y + backward_flow[..., 1], interpolation,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _residual_noise(magnitude: np.ndarray, static_xy: np.ndarray) -> float:
+    """Per-axis noise of the flow residual, from the static tracks (or the whole map as fallback)."""
+    height, width = magnitude.shape
+    if len(static_xy) >= 20:
+        col = np.clip(static_xy[:, 0].astype(int), 0, width - 1)
+        row = np.clip(static_xy[:, 1].astype(int), 0, height - 1)
+        samples = magnitude[row, col]
+    else:
+        samples = magnitude.ravel()
+    # The median of a Rayleigh(sigma) magnitude is sigma * sqrt(2 ln 2).
+    return max(float(np.median(samples)) / 1.1774, _FLOW_NOISE_FLOOR)

@@ -1,0 +1,275 @@
+"""MotionSegmenter: the one streaming pipeline that the node, the offline tools and the tests drive.
+
+Per frame: track points -> fit the camera's motion on the static scene -> classify each track
+dynamic or static over the sliding window -> densify dynamic tracks into object regions ->
+give each object a stable id. Everything runs causally on the frames seen so far.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import cv2
+import numpy as np
+
+from anymo_ros.classify.online import OnlineTrackClassifier
+from anymo_ros.config import SegmenterConfig
+from anymo_ros.densify.flow import FlowResidualDensifier, warp_backward
+from anymo_ros.identity import Claim, IdentityTracker
+from anymo_ros.tracking import TrackUpdate, create_tracker
+from anymo_ros.types import MovingObject, SegmentationResult, TrackSnapshot
+from anymo_ros.window import TrackWindow, carry_over
+
+_log = logging.getLogger(__name__)
+
+
+class InvalidImageError(ValueError):
+    """The frame cannot be processed (wrong shape, type or size); the pipeline state is untouched."""
+
+
+class MotionSegmenter:
+    """Streaming motion segmentation: ``feed`` one RGB frame at a time, get labels and objects."""
+
+    def __init__(self, config: SegmenterConfig | None = None):
+        self.config = config or SegmenterConfig()
+        cfg = self.config
+        if cfg.classifier.backend != "geometric":
+            raise ValueError(f"unknown classifier backend '{cfg.classifier.backend}' (available: 'geometric')")
+        if cfg.densify.backend != "flow":
+            raise ValueError(f"unknown densify backend '{cfg.densify.backend}' (available: 'flow')")
+        self.tracker = create_tracker(cfg.tracker)
+        self.classifier = OnlineTrackClassifier(cfg.classifier)
+        self.densifier = FlowResidualDensifier(cfg.densify)
+        self.identity = IdentityTracker(cfg.identity)
+        self.window = TrackWindow(cfg.window)
+        self.max_stamp_gap = 2.0
+        self._frame_index = 0
+        self._reset_state()
+
+    @property
+    def backends(self) -> dict[str, str]:
+        cfg = self.config
+        return {"tracker": cfg.tracker.backend, "classifier": cfg.classifier.backend,
+                "densify": cfg.densify.backend, "depth": "none", "semantics": "none"}
+
+    def reset(self, reason: str) -> None:
+        """Start a new window (scene cut, bag loop, size change); object ids are never reused."""
+        _log.info("pipeline reset: %s", reason)
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.tracker.reset()
+        self.classifier.reset()
+        self.densifier.reset()
+        self.identity.reset()
+        self.window.reset()
+        self._input_size: tuple[int, int] | None = None
+        self._last_stamp: float | None = None
+        self._ids = np.zeros(0, np.int64)
+        self._xy = np.zeros((0, 2), np.float32)
+        self._visible = np.zeros(0, bool)
+        self._confidence = np.zeros(0, np.float32)
+        self._prev_xy = np.zeros((0, 2), np.float32)
+        self._object_of_track = np.zeros(0, np.int32)
+        self._members: dict[int, np.ndarray] = {}
+        self._labels_small: np.ndarray | None = None
+        self._frame_interval = 0.0
+        self._first_seen: dict[int, float] = {}
+        self._first_frame: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ public entry point
+    def feed(self, image: np.ndarray, stamp: float, depth: np.ndarray | None = None) -> SegmentationResult:
+        """Process one RGB uint8 frame (H, W, 3) taken at ``stamp`` seconds.
+
+        ``depth`` (H, W) float32 metres, NaN where invalid, is stored with the tracks for
+        classifiers that use it. Raises InvalidImageError for frames that cannot be used.
+        """
+        started = time.perf_counter()
+        _validate(image)
+        events = self._check_continuity(image, stamp)
+        stage_times: dict[str, float] = {}
+
+        tic = time.perf_counter()
+        height, width = image.shape[:2]
+        scale = self.config.processing_width / width
+        proc_size = (self.config.processing_width, max(8, round(height * scale)))
+        small = cv2.resize(image, proc_size, interpolation=cv2.INTER_AREA) if proc_size != (width, height) else image
+        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        stage_times["preprocess"] = time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        updates = self.tracker.push(gray, self._frame_index)
+        stage_times["track"] = time.perf_counter() - tic
+
+        for update in updates:
+            self._consume(update, small, gray, stamp, depth, scale, stage_times)
+
+        tic = time.perf_counter()
+        label_image, objects = self._compose_output(width, height, scale, stamp)
+        stage_times["output"] = time.perf_counter() - tic
+        tracks = self._snapshot(scale)
+        self._frame_index += 1
+        return SegmentationResult(
+            stamp=stamp, label_image=label_image, objects=objects, tracks=tracks,
+            window_length=len(self.window), processing_time=time.perf_counter() - started,
+            stage_times=stage_times, events=events)
+
+    # ------------------------------------------------------------------ stages
+    def _check_continuity(self, image: np.ndarray, stamp: float) -> list[str]:
+        events = []
+        size = (image.shape[1], image.shape[0])
+        if self._input_size is not None and size != self._input_size:
+            events.append(f"image size changed from {self._input_size[0]}x{self._input_size[1]} "
+                          f"to {size[0]}x{size[1]}; window reset")
+        elif self._last_stamp is not None and stamp <= self._last_stamp:
+            events.append(f"stamp went backwards ({self._last_stamp:.3f} s -> {stamp:.3f} s); window reset")
+        elif self._last_stamp is not None and stamp - self._last_stamp > self.max_stamp_gap:
+            events.append(f"stamp jumped forward by {stamp - self._last_stamp:.2f} s; window reset")
+        if events:
+            self.reset(events[0])
+        self._frame_interval = stamp - self._last_stamp if self._last_stamp is not None else 0.0
+        self._input_size = size
+        self._last_stamp = stamp
+        return events
+
+    def _consume(self, update: TrackUpdate, rgb: np.ndarray, gray: np.ndarray, stamp: float, depth: np.ndarray | None,
+                 scale: float, stage_times: dict[str, float]) -> None:
+        order = np.argsort(update.ids, kind="stable")
+        ids, xy = update.ids[order], update.xy[order]
+        visible, confidence = update.visible[order], update.confidence[order]
+        prev_xy = carry_over(self._ids, self._xy, ids, np.nan)
+        paired = carry_over(self._ids, self._visible, ids, False) & visible
+
+        tic = time.perf_counter()
+        # New tracks start undecided, leaning on the motion map, and need their own evidence.
+        prior = np.full(len(ids), 0.25, np.float32)
+        motion_map = self.densifier.motion_map
+        if motion_map is not None:
+            prior = 0.5 * _sample(motion_map, xy * (motion_map.shape[1] / gray.shape[1]))
+        frame = self.classifier.step(ids, prev_xy, xy, paired, (gray.shape[1], gray.shape[0]), prior,
+                                     fit_backward=True)
+        probability = frame.probability
+        stage_times["classify"] = stage_times.get("classify", 0.0) + time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        known_probability = np.where(frame.has_evidence & visible, probability, np.nan)
+        self.densifier.update(gray, frame.backward, xy, known_probability, self.config.tracker.grid_spacing)
+        stage_times["flow"] = stage_times.get("flow", 0.0) + time.perf_counter() - tic
+
+        tic = time.perf_counter()
+        static = visible & frame.has_evidence & (probability < 0.3)
+        object_of_track = self._segment(rgb, ids, xy, visible & frame.dynamic, static, update.frame_index, stamp)
+        stage_times["segment"] = stage_times.get("segment", 0.0) + time.perf_counter() - tic
+
+        track_depth = None
+        if depth is not None:
+            track_depth = _sample(depth.astype(np.float32, copy=False), xy / scale, invalid=np.nan)
+        self.window.append(update.frame_index, stamp, ids, xy, visible, confidence, track_depth)
+        self._ids, self._xy, self._visible = ids, xy, visible
+        self._confidence = confidence
+        self._object_of_track = object_of_track
+        self._prev_xy = prev_xy
+
+    def _segment(self, rgb: np.ndarray, ids: np.ndarray, xy: np.ndarray, dynamic: np.ndarray, static: np.ndarray,
+                 frame_index: int, stamp: float) -> np.ndarray:
+        """Regions from the motion map, ids from the identity tracker; returns each track's object id."""
+        densifier = self.densifier
+        dynamic_rows = np.flatnonzero(dynamic)
+        regions = densifier.regions(rgb, xy[dynamic_rows], xy[static])
+        previous_objects = carry_over(self._ids, self._object_of_track, ids, 0)
+        warped_labels = None
+        if self._labels_small is not None and densifier.backward_flow is not None \
+                and self._labels_small.shape == densifier.backward_flow.shape[:2]:
+            warped_labels = warp_backward(self._labels_small, densifier.backward_flow, cv2.INTER_NEAREST)
+        claims = []
+        for region in regions:
+            votes = Counter(int(o) for o in previous_objects[dynamic_rows[region.track_rows]] if o > 0)
+            overlap: dict[int, float] = {}
+            if warped_labels is not None:
+                under = warped_labels[region.mask]
+                for object_id, count in zip(*np.unique(under[under > 0], return_counts=True)):
+                    overlap[int(object_id)] = count / max(len(under), 1)
+            claims.append(Claim(dict(votes), overlap))
+        groups = self.identity.assign([r.mask for r in regions], [len(r.track_rows) for r in regions],
+                                      claims, frame_index, stamp)
+        height, width = densifier.motion_map.shape
+        labels = np.zeros((height, width), np.uint16)
+        object_of_track = np.zeros(len(ids), np.int32)
+        self._members = {}
+        for object_id, members in groups:
+            union = np.logical_or.reduce([regions[m].mask for m in members])
+            labels[union] = object_id
+            rows = np.concatenate([dynamic_rows[regions[m].track_rows] for m in members])
+            object_of_track[rows] = object_id
+            self._members[object_id] = rows
+            self._first_seen.setdefault(object_id, stamp)
+            self._first_frame.setdefault(object_id, frame_index)
+        self._labels_small = labels
+        return object_of_track
+
+    def _compose_output(self, width: int, height: int, scale: float,
+                        stamp: float) -> tuple[np.ndarray, list[MovingObject]]:
+        labels_small = self._labels_small
+        if labels_small is None or not labels_small.any():
+            return np.zeros((height, width), np.uint16), []
+        # Upsample each mask softly, not the label grid, so boundaries are not blocky.
+        labels = np.zeros((height, width), np.uint16)
+        for object_id in np.unique(labels_small[labels_small > 0]):
+            soft = cv2.resize((labels_small == object_id).astype(np.float32), (width, height),
+                              interpolation=cv2.INTER_LINEAR)
+            labels[soft > 0.5] = object_id
+        dt = self._frame_interval
+        objects = []
+        for object_id in np.unique(labels[labels > 0]):
+            object_id = int(object_id)
+            mask = labels == object_id
+            ys, xs = np.nonzero(mask)
+            rows = self._members.get(object_id, np.zeros(0, np.int64))
+            moved = rows[self._visible[rows] & np.isfinite(self._prev_xy[rows, 0])]
+            velocity = np.zeros(2)
+            if len(moved) and dt > 0:
+                velocity = (self._xy[moved] - self._prev_xy[moved]).mean(axis=0) / scale / dt
+            probability = self.classifier.probability_of(self._ids[rows])
+            objects.append(MovingObject(
+                object_id=object_id,
+                score=float(probability.mean()) if len(rows) else 0.0,
+                bbox=(int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)),
+                centroid=(float(xs.mean()), float(ys.mean())),
+                velocity=(float(velocity[0]), float(velocity[1])),
+                num_tracks=int(len(rows)),
+                age=self._frame_index - self._first_frame[object_id],
+                first_seen=self._first_seen[object_id],
+            ))
+        return labels, objects
+
+    def _snapshot(self, scale: float) -> TrackSnapshot:
+        if len(self._ids) == 0:
+            return TrackSnapshot.empty()
+        probability = self.classifier.probability_of(self._ids)
+        return TrackSnapshot(
+            ids=self._ids.copy(), xy=(self._xy / scale).astype(np.float32), visible=self._visible.copy(),
+            confidence=self._confidence.copy(), dynamic_prob=probability.astype(np.float32),
+            object_id=self._object_of_track.copy())
+
+
+def _validate(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray):
+        raise InvalidImageError(f"expected a numpy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidImageError(f"expected an RGB image of shape (H, W, 3), got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise InvalidImageError(f"expected uint8 pixels, got {image.dtype}")
+    if image.shape[0] < 16 or image.shape[1] < 16:
+        raise InvalidImageError(f"image of {image.shape[1]}x{image.shape[0]} is too small (minimum 16x16)")
+
+
+def _sample(image: np.ndarray, xy: np.ndarray, invalid: float = 0.0) -> np.ndarray:
+    """Nearest-pixel values of ``image`` at points (N, 2); ``invalid`` outside the image."""
+    height, width = image.shape[:2]
+    col = np.round(xy[:, 0]).astype(np.int64) if len(xy) else np.zeros(0, np.int64)
+    row = np.round(xy[:, 1]).astype(np.int64) if len(xy) else np.zeros(0, np.int64)
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    values = np.full(len(xy), invalid, np.float32)
+    values[inside] = image[row[inside], col[inside]]
+    return values
