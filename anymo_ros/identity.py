@@ -3,8 +3,9 @@
 A region inherits the id that most of its tracks carried last frame, or failing that the id
 whose previous mask (carried along the flow) it overlaps most. Regions claiming the same id
 close together are one object seen in pieces and are merged; far apart, the larger keeps the
-id. What matches nothing is compared with recently lost objects at their predicted position,
-which carries an id through a short occlusion. Ids are never reused within a run.
+id. What matches nothing is compared with objects that are lost, or seen only as a weak
+remnant, at the position predicted from their last well-supported sighting: this carries an
+id through a short occlusion. Ids are never reused within a run.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from anymo_ros.config import IdentityConfig
 _MIN_MASK_OVERLAP = 0.3
 _MERGE_GAP = 0.05            # fraction of the image diagonal between pieces of one object
 _REIDENTIFY_GATE = 0.15      # fraction of the image diagonal around a lost object's prediction
+_WEAK_SUPPORT = 0.5          # fraction of peak support below which a sighting is a remnant
+_PEAK_DECAY = 0.98           # per frame
 
 
 @dataclass
@@ -25,9 +28,19 @@ class ObjectMemory:
     first_seen: float
     first_frame: int
     last_frame: int
-    centroid: np.ndarray      # (2,) flow px
-    velocity: np.ndarray      # (2,) flow px per frame
+    centroid: np.ndarray      # (2,) flow px, last sighting
+    velocity: np.ndarray      # (2,) flow px per frame, smoothed track motion
     area: float
+    tracks: int               # supporting tracks at the last sighting
+    peak_tracks: float        # slowly decaying maximum of the support
+    anchor_frame: int         # last sighting with support near the peak
+    anchor_centroid: np.ndarray
+    anchor_velocity: np.ndarray
+
+    @property
+    def weak(self) -> bool:
+        """Seen as a remnant (an occluder eating the object): its id may move to a better match."""
+        return self.tracks < _WEAK_SUPPORT * self.peak_tracks
 
 
 @dataclass
@@ -51,8 +64,12 @@ class IdentityTracker:
         self.memory.clear()
 
     def assign(self, masks: list[np.ndarray], track_counts: list[int], claims: list[Claim],
-               frame_index: int, stamp: float) -> list[tuple[int, list[int]]]:
-        """Returns (object id, indices of the regions forming it) per object of this frame."""
+               velocities: list[np.ndarray], frame_index: int, stamp: float) -> list[tuple[int, list[int]]]:
+        """Returns (object id, indices of the regions forming it) per object of this frame.
+
+        ``velocities`` are each region's mean track motion (px per frame, mask pixels); tracks keep
+        moving with the object while occlusion eats its mask, so they predict better than centroids.
+        """
         height, width = masks[0].shape if masks else (1, 1)
         diagonal = float(np.hypot(height, width))
         candidates = []  # (score, region, id)
@@ -80,44 +97,61 @@ class IdentityTracker:
             else:
                 continue
             taken.add(region)
-        seen = set(groups)
-        for region in range(len(masks)):
-            if region in taken:
-                continue
-            object_id = self._reidentify(centroids[region], frame_index, seen, diagonal)
+        # Objects seen strongly this frame are settled; lost ones and weak remnants are open.
+        settled = {oid for oid, members in groups.items()
+                   if sum(track_counts[m] for m in members) >= _WEAK_SUPPORT * self.memory[oid].peak_tracks}
+        for region in sorted(set(range(len(masks))) - taken, key=lambda r: -track_counts[r]):
+            object_id = self._reidentify(centroids[region], frame_index, settled, diagonal)
             if object_id is None:
-                object_id = self._next_id
-                self._next_id += 1
+                object_id = self._new_id()
+            elif object_id in groups:
+                # The remnant was residue at the occluder's edge; the object is where it re-emerged.
+                groups[self._new_id()] = groups.pop(object_id)
             groups[object_id] = [region]
-            seen.add(object_id)
-        self._remember(groups, masks, frame_index, stamp)
+            settled.add(object_id)
+        self._remember(groups, masks, track_counts, velocities, frame_index, stamp)
         return sorted(groups.items())
 
-    def _reidentify(self, centroid: np.ndarray, frame_index: int, seen: set[int], diagonal: float) -> int | None:
+    def _new_id(self) -> int:
+        object_id = self._next_id
+        self._next_id += 1
+        return object_id
+
+    def _reidentify(self, centroid: np.ndarray, frame_index: int, settled: set[int], diagonal: float) -> int | None:
         best, best_distance = None, _REIDENTIFY_GATE * diagonal
         for memory in self.memory.values():
-            if memory.object_id in seen or memory.last_frame >= frame_index:
+            if memory.object_id in settled or not (memory.weak or memory.last_frame < frame_index - 1):
                 continue
-            elapsed = frame_index - memory.last_frame
-            predicted = memory.centroid + memory.velocity * elapsed
-            distance = float(np.linalg.norm(predicted - centroid))
-            if distance < best_distance + 0.5 * np.sqrt(memory.area):
+            elapsed = frame_index - memory.anchor_frame
+            predicted = memory.anchor_centroid + memory.anchor_velocity * elapsed
+            # The prediction grows less certain the longer the object is out of sight.
+            slack = 0.5 * np.sqrt(memory.area) + 0.5 * elapsed * max(float(np.linalg.norm(memory.anchor_velocity)), 1.0)
+            distance = float(np.linalg.norm(predicted - centroid)) - slack
+            if distance < best_distance:
                 best, best_distance = memory.object_id, distance
         return best
 
-    def _remember(self, groups: dict[int, list[int]], masks: list[np.ndarray], frame_index: int, stamp: float) -> None:
+    def _remember(self, groups: dict[int, list[int]], masks: list[np.ndarray], track_counts: list[int],
+                  velocities: list[np.ndarray], frame_index: int, stamp: float) -> None:
         for object_id, members in groups.items():
             union = np.logical_or.reduce([masks[m] for m in members])
+            weights = np.array([max(track_counts[m], 1) for m in members], float)
+            velocity = (np.array([velocities[m] for m in members]) * weights[:, None]).sum(axis=0) / weights.sum()
             centroid = _centroid(union)
+            tracks = sum(track_counts[m] for m in members)
             memory = self.memory.get(object_id)
             if memory is None:
-                self.memory[object_id] = ObjectMemory(object_id, stamp, frame_index, frame_index, centroid,
-                                                      np.zeros(2), float(union.sum()))
+                self.memory[object_id] = ObjectMemory(
+                    object_id, stamp, frame_index, frame_index, centroid, velocity, float(union.sum()), tracks,
+                    float(tracks), frame_index, centroid, velocity)
                 continue
-            elapsed = max(frame_index - memory.last_frame, 1)
-            step = (centroid - memory.centroid) / elapsed
-            memory.velocity = 0.5 * memory.velocity + 0.5 * step
-            memory.centroid, memory.area, memory.last_frame = centroid, float(union.sum()), frame_index
+            memory.velocity = 0.5 * memory.velocity + 0.5 * velocity
+            memory.peak_tracks = max(memory.peak_tracks * _PEAK_DECAY, float(tracks))
+            memory.centroid, memory.last_frame, memory.tracks = centroid, frame_index, tracks
+            if not memory.weak:
+                memory.area = float(union.sum())
+                memory.anchor_frame, memory.anchor_centroid, memory.anchor_velocity = \
+                    frame_index, centroid, memory.velocity.copy()
         expired = [oid for oid, m in self.memory.items() if frame_index - m.last_frame > self.config.max_lost_frames]
         for object_id in expired:
             del self.memory[object_id]

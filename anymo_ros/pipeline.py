@@ -159,7 +159,8 @@ class MotionSegmenter:
 
         tic = time.perf_counter()
         static = visible & frame.has_evidence & (probability < 0.3)
-        object_of_track = self._segment(rgb, ids, xy, visible & frame.dynamic, static, update.frame_index, stamp)
+        object_of_track = self._segment(rgb, ids, xy, prev_xy, visible & frame.dynamic, static,
+                                        update.frame_index, stamp)
         stage_times["segment"] = stage_times.get("segment", 0.0) + time.perf_counter() - tic
 
         track_depth = None
@@ -171,8 +172,8 @@ class MotionSegmenter:
         self._object_of_track = object_of_track
         self._prev_xy = prev_xy
 
-    def _segment(self, rgb: np.ndarray, ids: np.ndarray, xy: np.ndarray, dynamic: np.ndarray, static: np.ndarray,
-                 frame_index: int, stamp: float) -> np.ndarray:
+    def _segment(self, rgb: np.ndarray, ids: np.ndarray, xy: np.ndarray, prev_xy: np.ndarray, dynamic: np.ndarray,
+                 static: np.ndarray, frame_index: int, stamp: float) -> np.ndarray:
         """Regions from the motion map, ids from the identity tracker; returns each track's object id."""
         densifier = self.densifier
         dynamic_rows = np.flatnonzero(dynamic)
@@ -191,8 +192,15 @@ class MotionSegmenter:
                 for object_id, count in zip(*np.unique(under[under > 0], return_counts=True)):
                     overlap[int(object_id)] = count / max(len(under), 1)
             claims.append(Claim(dict(votes), overlap))
+        flow_scale = densifier.motion_map.shape[1] / rgb.shape[1]
+        velocities = []
+        for region in regions:
+            rows = dynamic_rows[region.track_rows]
+            step = (xy[rows] - prev_xy[rows]) * flow_scale
+            step = step[np.isfinite(step).all(axis=1)]
+            velocities.append(step.mean(axis=0) if len(step) else np.zeros(2))
         groups = self.identity.assign([r.mask for r in regions], [len(r.track_rows) for r in regions],
-                                      claims, frame_index, stamp)
+                                      claims, velocities, frame_index, stamp)
         height, width = densifier.motion_map.shape
         labels = np.zeros((height, width), np.uint16)
         object_of_track = np.zeros(len(ids), np.int32)

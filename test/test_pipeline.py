@@ -1,0 +1,144 @@
+"""MotionSegmenter end to end on rendered scenes with ground truth."""
+import numpy as np
+import pytest
+
+from anymo_ros.config import SegmenterConfig
+from anymo_ros.pipeline import InvalidImageError, MotionSegmenter
+from anymo_ros.tools.synthetic import render_clip
+
+WARM_UP = 15
+
+
+def _run(clip, config=None):
+    segmenter = MotionSegmenter(config)
+    return [segmenter.feed(frame, stamp) for frame, stamp in zip(clip.frames, clip.stamps)]
+
+
+def _iou(pred, gt):
+    union = (pred | gt).sum()
+    return (pred & gt).sum() / union if union else 1.0
+
+
+@pytest.mark.parametrize("seed, motion", [(1, "pan"), (2, "zoom"), (3, "shake")])
+def test_moving_objects_are_segmented_with_stable_ids(seed, motion):
+    clip = render_clip(seed=seed, num_frames=50, num_objects=2, camera_motion=motion)
+    results = _run(clip)
+    ious = [_iou(r.label_image > 0, m > 0) for r, m in zip(results[WARM_UP:], clip.masks[WARM_UP:])]
+    assert np.mean(ious) > 0.7
+    counts = [len(r.objects) for r in results[WARM_UP:]]
+    assert max(counts) <= 2 and np.median(counts) >= 1
+    for result, gt in zip(results[WARM_UP:], clip.masks[WARM_UP:]):
+        for obj in result.objects:
+            mask = result.label_image == obj.object_id
+            assert mask.any()
+            # Every reported object lies on a true moving object, not on the background.
+            assert (gt[mask] > 0).mean() > 0.6
+            x, y, w, h = obj.bbox
+            assert mask[y:y + h, x:x + w].sum() == mask.sum()
+            assert obj.num_tracks >= 4 and 0.0 <= obj.score <= 1.0
+
+
+def test_single_object_keeps_one_id_and_reports_its_motion():
+    clip = render_clip(seed=1, num_frames=50, num_objects=1, camera_motion="pan")
+    results = _run(clip)
+    ids = {obj.object_id for r in results[WARM_UP:] for obj in r.objects}
+    assert len(ids) == 1
+    last = results[-1]
+    (obj,) = last.objects
+    gt = clip.masks[-1] > 0
+    ys, xs = np.nonzero(gt)
+    size = np.sqrt(gt.sum())
+    assert np.hypot(obj.centroid[0] - xs.mean(), obj.centroid[1] - ys.mean()) < 0.15 * size
+    assert obj.age > 10 and obj.first_seen <= clip.stamps[WARM_UP]
+    # Image-plane velocity in px/s from the object's tracks, against the mask's own motion.
+    ys0, xs0 = np.nonzero(clip.masks[-2] > 0)
+    true_velocity = np.array([xs.mean() - xs0.mean(), ys.mean() - ys0.mean()]) * clip.fps
+    assert np.linalg.norm(np.array(obj.velocity) - true_velocity) < 0.5 * np.linalg.norm(true_velocity) + 30
+    tracks = last.tracks
+    on_object = tracks.object_id == obj.object_id
+    assert on_object.sum() == obj.num_tracks
+    assert tracks.dynamic_prob[on_object].mean() > 0.6
+
+
+@pytest.mark.parametrize("motion", ["pan", "zoom", "shake", "static"])
+def test_static_scene_under_camera_motion_has_no_objects(motion):
+    clip = render_clip(seed=5, num_frames=40, num_objects=0, camera_motion=motion)
+    results = _run(clip)
+    assert all(not r.objects for r in results)
+    assert all(not r.label_image.any() for r in results)
+    assert np.mean([r.tracks.dynamic_prob.mean() for r in results[WARM_UP:]]) < 0.2
+
+
+def test_object_behind_occluder_keeps_its_id_and_new_object_gets_new_id():
+    clip = render_clip(seed=0, num_frames=60, num_objects=1, camera_motion="shake", occluder=True)
+    results = _run(clip)
+    areas = np.array([(m > 0).sum() for m in clip.masks])
+    hidden = np.flatnonzero(areas < 0.05 * areas.max())
+    assert len(hidden) >= 2, "the scene must hide the object for a few frames"
+    before = {o.object_id for r in results[WARM_UP:hidden[0]] for o in r.objects}
+    after = {o.object_id for r in results[hidden[-1] + 8:] for o in r.objects}
+    assert len(before) == 1 and after == before
+
+
+def test_outputs_match_input_size_and_types():
+    clip = render_clip(seed=2, num_frames=20, width=320, height=240, num_objects=1, camera_motion="pan")
+    for result, stamp in zip(_run(clip), clip.stamps):
+        assert result.label_image.shape == (240, 320) and result.label_image.dtype == np.uint16
+        assert result.stamp == stamp
+        assert 1 <= result.window_length <= SegmenterConfig().window
+        assert result.processing_time > 0
+        assert len(result.tracks.ids) == len(np.unique(result.tracks.ids))
+        assert result.tracks.xy[:, 0].max() < 320 and result.tracks.xy[:, 1].max() < 240
+
+
+def test_size_change_and_stamp_going_back_reset_the_window():
+    clip = render_clip(seed=2, num_frames=30, num_objects=1, camera_motion="pan")
+    segmenter = MotionSegmenter()
+    for frame, stamp in zip(clip.frames[:20], clip.stamps[:20]):
+        result = segmenter.feed(frame, stamp)
+    assert result.window_length == SegmenterConfig().window
+    ids_before = {o.object_id for o in result.objects}
+
+    result = segmenter.feed(clip.frames[20], clip.stamps[3])
+    assert result.events and "backwards" in result.events[0]
+    assert result.window_length == 1
+
+    small = np.ascontiguousarray(clip.frames[21][::2, ::2])
+    result = segmenter.feed(small, clip.stamps[21])
+    assert result.events and "size changed" in result.events[0]
+    assert result.label_image.shape == small.shape[:2]
+
+    result = segmenter.feed(clip.frames[22], clip.stamps[22] + 10.0)
+    assert any("size changed" in e for e in result.events)
+    result = segmenter.feed(clip.frames[23], clip.stamps[23] + 20.0)
+    assert result.events and "jumped forward" in result.events[0]
+    # After a reset, no id from before is handed out again.
+    for frame, stamp in zip(clip.frames[24:], clip.stamps[24:]):
+        result = segmenter.feed(frame, stamp + 20.0)
+        assert not result.events
+    assert not ({o.object_id for o in result.objects} & ids_before) or not result.objects
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.zeros((0, 0, 3), np.uint8), "too small"),
+    (np.zeros((48, 64), np.uint8), "shape"),
+    (np.zeros((48, 64, 4), np.uint8), "shape"),
+    (np.zeros((48, 64, 3), np.float32), "uint8"),
+    ("not an image", "numpy array"),
+])
+def test_unusable_images_raise_and_leave_the_state_untouched(image, message):
+    clip = render_clip(seed=2, num_frames=6, width=160, height=120, num_objects=1, camera_motion="pan")
+    segmenter = MotionSegmenter()
+    for frame, stamp in zip(clip.frames[:5], clip.stamps[:5]):
+        segmenter.feed(frame, stamp)
+    with pytest.raises(InvalidImageError, match=message):
+        segmenter.feed(image, clip.stamps[5])
+    result = segmenter.feed(clip.frames[5], clip.stamps[5])
+    assert not result.events and result.window_length == 6
+
+
+def test_unknown_backends_are_clear_errors():
+    config = SegmenterConfig()
+    config.densify.backend = "magic"
+    with pytest.raises(ValueError, match="unknown densify backend 'magic'"):
+        MotionSegmenter(config)
