@@ -21,9 +21,10 @@ import numpy as np
 _MIN_POINTS = 12
 _FIELD_CELLS = 12            # field resolution along the longer image side
 _FIELD_SIGMA_CELLS = 1.2     # Gaussian spread of each residual when interpolating
-_NOISE_FLOOR = 0.1          # px: sub-pixel tracking accuracy of LK on real video
-_PARALLAX_GAIN = 1.15        # F must explain this many times the homography's inliers
-_ALONG_EPIPOLAR_WEIGHT = 0.3 # depth explains motion along the epipolar line, not across it
+_NOISE_FLOOR = 0.15         # px: tracking accuracy of LK on real video, plus fitting error
+_PARALLAX_GAIN = 1.05        # F must explain this many times the homography's inliers
+_PARALLAX_MIN_CELLS = 4      # of 16: how widely parallax must spread to be the static scene's
+_PARALLAX_TOLERANCE = 0.5    # px: along-epipolar residual counts half where static depth spread is this
 
 
 @dataclass
@@ -37,10 +38,12 @@ class CameraMotion:
     num_static: int                 # correspondences the fit used
     fundamental: np.ndarray | None = None  # (3, 3) source -> target, set in the parallax regime
     static: np.ndarray | None = None       # (N,) bool, correspondences taken as static scene
+    parallax_spread: np.ndarray | None = None  # (rows, cols, 1) local spread of static residuals, px
+    epipolar_bias: np.ndarray | None = None    # (rows, cols, 1) smooth epipolar distance of static points, px
 
     def residual(self, source: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Motion of correspondences not explained by the camera (N, 2), px, epipolar-weighted."""
-        return self._weigh(source, target - self.predict(source))
+        return self._weigh(source, target, target - self.predict(source))
 
     def residual_field(self, backward_flow: np.ndarray) -> np.ndarray:
         """Per-pixel residual (H, W, 2) of a flow field whose source frame this model describes."""
@@ -48,26 +51,44 @@ class CameraMotion:
         residual = backward_flow - self.displacement_field(width, height)
         if self.fundamental is None:
             return residual
-        scale_x, scale_y = self.image_size[0] / width, self.image_size[1] / height
-        xs, ys = np.meshgrid((np.arange(width, dtype=np.float32) + 0.5) * scale_x - 0.5,
-                             (np.arange(height, dtype=np.float32) + 0.5) * scale_y - 0.5)
-        flat = self._weigh(np.stack([xs.ravel(), ys.ravel()], axis=1), residual.reshape(-1, 2))
+        scale = np.array([self.image_size[0] / width, self.image_size[1] / height], np.float32)
+        xs, ys = np.meshgrid((np.arange(width, dtype=np.float32) + 0.5) * scale[0] - 0.5,
+                             (np.arange(height, dtype=np.float32) + 0.5) * scale[1] - 0.5)
+        source = np.stack([xs.ravel(), ys.ravel()], axis=1)
+        target = source + backward_flow.reshape(-1, 2) * scale
+        flat = self._weigh(source, target, residual.reshape(-1, 2) * scale) / scale
         return flat.reshape(height, width, 2)
 
-    def _weigh(self, source: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    def epipolar_distance(self, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Signed distance (N, 1), px, of each target from its source's epipolar line."""
+        lines, norm = self._epipolar_lines(source)
+        return ((lines[:, :2] * target).sum(axis=1, keepdims=True) + lines[:, 2:]) / norm
+
+    def _epipolar_lines(self, source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lines = np.c_[source, np.ones(len(source))] @ self.fundamental.T
+        return lines, np.maximum(np.linalg.norm(lines[:, :2], axis=1, keepdims=True), 1e-12)
+
+    def _weigh(self, source: np.ndarray, target: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        """Across the epipolar line: the target's true epipolar distance, which no static point
+        can have; along it: the model residual, down-weighted, since unknown depth explains it."""
         if self.fundamental is None or len(source) == 0:
             return residual.astype(np.float32)
-        lines = np.c_[source, np.ones(len(source))] @ self.fundamental.T
-        normal = lines[:, :2] / np.maximum(np.linalg.norm(lines[:, :2], axis=1, keepdims=True), 1e-12)
-        across = (residual * normal).sum(axis=1, keepdims=True) * normal
-        return (across + _ALONG_EPIPOLAR_WEIGHT * (residual - across)).astype(np.float32)
+        lines, norm = self._epipolar_lines(source)
+        normal = lines[:, :2] / norm
+        distance = self.epipolar_distance(source, target)
+        if self.epipolar_bias is not None:
+            distance = distance - _sample_grid(self.epipolar_bias, source, self.image_size)
+        along = residual - (residual * normal).sum(axis=1, keepdims=True) * normal
+        # Along the line, measure against how much static points nearby disagree in depth.
+        along_weight = 1.0 / (1.0 + _sample_grid(self.parallax_spread, source, self.image_size) / _PARALLAX_TOLERANCE)
+        return (distance * normal + along_weight * along).astype(np.float32)
 
     def predict(self, xy: np.ndarray) -> np.ndarray:
         """Camera-only target positions of source points (N, 2)."""
         if len(xy) == 0:
             return xy.astype(np.float32)
         moved = cv2.perspectiveTransform(xy.reshape(-1, 1, 2).astype(np.float64), self.homography).reshape(-1, 2)
-        return (moved + self._field_at(xy)).astype(np.float32)
+        return (moved + self.field_at(xy)).astype(np.float32)
 
     def displacement_field(self, width: int, height: int) -> np.ndarray:
         """Camera-only displacement (H, W, 2) for every pixel of a source frame of the given size."""
@@ -83,12 +104,24 @@ class CameraMotion:
         flow[..., 1] /= scale_y
         return flow
 
-    def _field_at(self, xy: np.ndarray) -> np.ndarray:
-        rows, cols = self.field.shape[:2]
-        map_x = (xy[:, 0] / self.image_size[0] * cols - 0.5).astype(np.float32).reshape(1, -1)
-        map_y = (xy[:, 1] / self.image_size[1] * rows - 0.5).astype(np.float32).reshape(1, -1)
-        sampled = cv2.remap(self.field, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return sampled.reshape(-1, 2)
+    def field_at(self, xy: np.ndarray) -> np.ndarray:
+        return _sample_grid(self.field, xy, self.image_size)
+
+
+def _sample_grid(grid: np.ndarray, xy: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Bilinear samples (N, C) of a coarse grid (rows, cols, C) spanning the image at points (N, 2)."""
+    rows, cols = grid.shape[:2]
+    count = len(xy)
+    # remap takes maps below 32767 columns: lay the points out in rows of a fixed width.
+    width = min(max(count, 1), 4096)
+    padded = -(-max(count, 1) // width) * width
+    map_x = np.zeros(padded, np.float32)
+    map_y = np.zeros(padded, np.float32)
+    map_x[:count] = xy[:, 0] / image_size[0] * cols - 0.5
+    map_y[:count] = xy[:, 1] / image_size[1] * rows - 0.5
+    sampled = cv2.remap(grid, map_x.reshape(-1, width), map_y.reshape(-1, width), cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+    return sampled.reshape(padded, -1)[:count]
 
 
 def fit_camera_motion(source: np.ndarray, target: np.ndarray, static_weight: np.ndarray,
@@ -114,10 +147,13 @@ def fit_camera_motion(source: np.ndarray, target: np.ndarray, static_weight: np.
         fundamental, f_inliers = _robust_fundamental(src, dst)
         if fundamental is not None:
             f_inliers = f_inliers.ravel().astype(bool)
-            if f_inliers.sum() > _PARALLAX_GAIN * max(int((h_error < 2.0).sum()), 1) and f_inliers.sum() >= 30:
+            parallax = f_inliers & (h_error >= 2.0)
+            if f_inliers.sum() > _PARALLAX_GAIN * max(int((h_error < 2.0).sum()), 1) and f_inliers.sum() >= 30 \
+                    and _spread(src[parallax], image_size) >= _PARALLAX_MIN_CELLS:
                 # Two views cannot tell parallax from motion along epipolar lines (two translating
-                # layers fit one F exactly), so points long believed moving stay out.
-                static = f_inliers & (static_weight >= 0.3)
+                # layers fit one F exactly), so points believed moving stay out of the model. A
+                # parallax point wrongly believed moving still recovers: it has no epipolar distance.
+                static = f_inliers & believed
                 homography, _ = _robust_homography(src[static], dst[static])
             else:
                 fundamental = None
@@ -126,13 +162,33 @@ def fit_camera_motion(source: np.ndarray, target: np.ndarray, static_weight: np.
     if homography is None or static.sum() < _MIN_POINTS:
         return None
     residual = dst[static] - cv2.perspectiveTransform(src[static].reshape(-1, 1, 2), homography).reshape(-1, 2)
-    field = _interpolate_field(src[static], residual, static_weight[static].clip(0.25, 1.0), image_size)
+    weight = static_weight[static].clip(0.25, 1.0)
+    field = _interpolate_field(src[static], residual, weight, image_size)
     motion = CameraMotion(homography, field, image_size, 0.0, int(static.sum()), fundamental, static)
+    if fundamental is not None:
+        # All epipolar inliers: depth spread is a property of the scene, whatever was believed.
+        epipolar = f_inliers
+        deviation = dst[epipolar] - motion.predict(src[epipolar])
+        spread = _interpolate(src[epipolar], (deviation ** 2).sum(axis=1, keepdims=True),
+                              static_weight[epipolar].clip(0.25, 1.0), image_size)
+        motion.parallax_spread = np.sqrt(spread)
+        # An F a little off leaves static points a smooth, steady epipolar distance; frame after
+        # frame that bias would add up like motion, so it is removed as the field is.
+        distance = motion.epipolar_distance(src[static], dst[static])
+        motion.epipolar_bias = _interpolate_field(src[static], distance, weight, image_size)
     # Noise from all points, not only the inliers, which are biased towards small residuals;
     # the median stays robust while moving points are fewer than half.
     deviation = motion.residual(src, dst)
     motion.noise_sigma = max(1.4826 * float(np.median(np.abs(deviation))), _NOISE_FLOOR)
     return motion
+
+
+def _spread(xy: np.ndarray, image_size: tuple[int, int]) -> int:
+    """Cells of a 4 x 4 image grid holding points. Parallax of a static scene spreads widely; a
+    compact group that only F explains is more likely one object moving along epipolar lines."""
+    col = np.clip((xy[:, 0] / image_size[0] * 4).astype(int), 0, 3)
+    row = np.clip((xy[:, 1] / image_size[1] * 4).astype(int), 0, 3)
+    return len(np.unique(row * 4 + col))
 
 
 def _robust_fundamental(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -157,22 +213,25 @@ def _robust_homography(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray | N
 
 def _interpolate_field(xy: np.ndarray, residual: np.ndarray, weight: np.ndarray,
                        image_size: tuple[int, int]) -> np.ndarray:
-    """Normalised convolution of residual vectors on a coarse grid; empty areas fall back to zero."""
+    """Smooth residual field; large residuals count less, being more likely a missed mover."""
+    magnitude = np.linalg.norm(residual, axis=1)
+    scale = 3.0 * max(float(np.median(magnitude)), 0.5)
+    return _interpolate(xy, residual, weight / (1.0 + (magnitude / scale) ** 2), image_size)
+
+
+def _interpolate(xy: np.ndarray, values: np.ndarray, weight: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """Normalised convolution of per-point values (N, C) on a coarse grid (rows, cols, C)."""
     width, height = image_size
     cols = _FIELD_CELLS if width >= height else max(2, round(_FIELD_CELLS * width / height))
     rows = _FIELD_CELLS if height > width else max(2, round(_FIELD_CELLS * height / width))
     col = np.clip((xy[:, 0] / width * cols).astype(int), 0, cols - 1)
     row = np.clip((xy[:, 1] / height * rows).astype(int), 0, rows - 1)
-    # Robust: a large residual is more likely a missed moving point than parallax.
-    magnitude = np.linalg.norm(residual, axis=1)
-    scale = 3.0 * max(float(np.median(magnitude)), 0.5)
-    w = weight / (1.0 + (magnitude / scale) ** 2)
-    sums = np.zeros((rows, cols, 2), np.float64)
+    sums = np.zeros((rows, cols, values.shape[1]), np.float64)
     weights = np.zeros((rows, cols), np.float64)
-    np.add.at(sums, (row, col), residual * w[:, None])
-    np.add.at(weights, (row, col), w)
-    sums = cv2.GaussianBlur(sums, (0, 0), _FIELD_SIGMA_CELLS, borderType=cv2.BORDER_REPLICATE)
+    np.add.at(sums, (row, col), values * weight[:, None])
+    np.add.at(weights, (row, col), weight)
+    sums = cv2.GaussianBlur(sums, (0, 0), _FIELD_SIGMA_CELLS, borderType=cv2.BORDER_REPLICATE).reshape(rows, cols, -1)
     weights = cv2.GaussianBlur(weights, (0, 0), _FIELD_SIGMA_CELLS, borderType=cv2.BORDER_REPLICATE)
     # Shrink towards zero where support is thin, so a few tracks cannot invent a field.
-    field = sums / (weights[..., None] + 0.5)
-    return field.astype(np.float32)
+    grid = sums / (weights + 0.5).reshape(rows, cols, 1)
+    return grid.astype(np.float32).reshape(rows, cols, -1)

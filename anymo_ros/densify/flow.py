@@ -28,6 +28,7 @@ _EVIDENCE_SLOPE = 1.5
 _FLOW_WEIGHT = 0.5       # flow evidence counts like half a track
 _BACKGROUND_LEVEL = 0.2
 _OCCLUSION_PX = 1.5      # forward-backward flow disagreement marking (dis)occluded pixels  # motion-map value below which a pixel seeds the background
+_ABSORB_KERNEL = np.ones((6, 6), np.uint8)  # the paper's stage-1 dilation, 3 iterations
 _FLOW_NOISE_FLOOR = 0.3  # px: DIS errors are spatially correlated, so the sampled spread understates them
 
 
@@ -77,23 +78,24 @@ class FlowResidualDensifier:
             return self.motion_map
         flow = self._dis.calc(small, previous_small, None)
         forward_flow = self._dis.calc(previous_small, small, None)
+        # Pixels just uncovered have no past: their backward flow is a guess.
+        round_trip = flow + warp_backward(forward_flow, flow, cv2.INTER_LINEAR)
+        uncovered = np.linalg.norm(round_trip, axis=2) > _OCCLUSION_PX
         magnitude = np.linalg.norm(camera_backward.residual_field(flow), axis=2)
         known = np.isfinite(track_probability)
         static_xy = track_xy[known & (track_probability < 0.3)] * scale
         sigma = _residual_noise(magnitude, static_xy)
         flow_evidence = 1.0 / (1.0 + np.exp(-_EVIDENCE_SLOPE * (magnitude / sigma - _EVIDENCE_CENTER)))
         # Tracks are sharper evidence than flow, which smears across boundaries; flow fills in
-        # where tracks are missing (textureless surfaces).
+        # where tracks are missing (textureless surfaces), except where it is a guess.
         track_vote, support = _splat(track_xy[known] * scale, track_probability[known], (height, width),
                                      sigma=0.75 * track_spacing * scale)
-        evidence = (support * track_vote + _FLOW_WEIGHT * flow_evidence) / (support + _FLOW_WEIGHT)
-        decay = np.full((height, width), self.config.evidence_decay, np.float32)
+        flow_weight = np.where(uncovered, 0.0, _FLOW_WEIGHT).astype(np.float32)
+        evidence = (support * track_vote + flow_weight * flow_evidence) / (support + flow_weight + 1e-6)
+        decay = np.where(uncovered, 0.0, self.config.evidence_decay).astype(np.float32)
         carried = np.zeros((height, width), np.float32)
         if self.motion_map is not None:
             carried = warp_backward(self.motion_map, flow, cv2.INTER_LINEAR)
-            # Pixels just uncovered have no past: their backward flow is a guess, so nothing is carried.
-            round_trip = flow + warp_backward(forward_flow, flow, cv2.INTER_LINEAR)
-            decay[np.linalg.norm(round_trip, axis=2) > _OCCLUSION_PX] = 0.0
         self.motion_map = (decay * carried + (1.0 - decay) * evidence).astype(np.float32)
         self.backward_flow = flow
         return self.motion_map
@@ -120,19 +122,28 @@ class FlowResidualDensifier:
         track_component = np.where(components[dyn_row, dyn_col] > 0, components[dyn_row, dyn_col],
                                    reach[dyn_row, dyn_col])
         min_area = self.config.min_object_area * height * width
+        candidates = [(component, np.flatnonzero(track_component == component)) for component in range(1, count)]
+        candidates.sort(key=lambda c: -len(c[1]))
+        # The paper's stage-1 rule: tracks within a dilated accepted object belong to it, so
+        # slivers of dragged tracks beside an object do not become objects of their own.
+        absorbed = np.zeros((height, width), np.uint8)
         kept = []
-        for component in range(1, count):
-            rows = np.flatnonzero(track_component == component)
-            if len(rows) >= self.config.min_object_tracks and (components == component).sum() >= min_area:
-                kept.append((component, rows))
+        for component, rows in candidates:
+            own = rows[absorbed[dyn_row[rows], dyn_col[rows]] == 0]
+            if len(own) < self.config.min_object_tracks or (components == component).sum() < min_area:
+                continue
+            kept.append((component, rows))
+            absorbed |= cv2.dilate((components == component).astype(np.uint8), _ABSORB_KERNEL, iterations=3)
         if not kept:
             return []
         markers = self._markers(components, kept, dyn_col, dyn_row, static_xy * scale)
         small_rgb = rgb if rgb.shape[:2] == (height, width) else cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
         cv2.watershed(np.ascontiguousarray(small_rgb), markers)
         regions = []
+        quantised = _quantise(small_rgb)
         for label, (_, rows) in enumerate(kept, start=2):
-            mask = ndimage.binary_fill_holes(markers == label)
+            mask = _refine_with_colour(markers == label, quantised, self.motion_map)
+            mask = ndimage.binary_fill_holes(mask)
             if mask.sum() >= min_area:
                 regions.append(Region(mask, rows))
         return regions
@@ -154,6 +165,39 @@ class FlowResidualDensifier:
         for label, (_, rows) in enumerate(kept, start=2):
             markers[dyn_row[rows], dyn_col[rows]] = label
         return markers
+
+
+def _quantise(rgb: np.ndarray) -> np.ndarray:
+    """Colour bin (16 levels per channel) of every pixel."""
+    q = (rgb >> 4).astype(np.int32)
+    return (q[..., 0] << 8) | (q[..., 1] << 4) | q[..., 2]
+
+
+def _refine_with_colour(mask: np.ndarray, quantised: np.ndarray, motion_map: np.ndarray) -> np.ndarray:
+    """Re-decide a band around the mask boundary from colour histograms of the object's inside
+    and its surroundings, weighted by the motion evidence: boundaries follow the object's
+    colours where flow and tracks are too coarse to place them."""
+    size = max(3, round(0.015 * max(mask.shape)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * size + 1, 2 * size + 1))
+    mask_u8 = mask.astype(np.uint8)
+    inner = cv2.erode(mask_u8, kernel) > 0
+    outer = cv2.dilate(mask_u8, kernel) > 0
+    ring = (cv2.dilate(outer.astype(np.uint8), kernel) > 0) & ~outer
+    if inner.sum() < 50 or ring.sum() < 50:
+        return mask
+    bins = 16 ** 3
+    inside = np.bincount(quantised[inner], minlength=bins).astype(np.float32) + 0.5
+    outside = np.bincount(quantised[ring], minlength=bins).astype(np.float32) + 0.5
+    inside /= inside.sum()
+    outside /= outside.sum()
+    band = outer & ~inner
+    colour = inside[quantised[band]] / (inside[quantised[band]] + outside[quantised[band]])
+    motion = np.clip(motion_map[band], 0.05, 0.95)
+    odds = colour * motion / (colour * motion + (1 - colour) * (1 - motion))
+    refined = inner.copy()
+    refined[band] = odds > 0.5
+    refined = cv2.medianBlur(refined.astype(np.uint8), 5) > 0
+    return refined
 
 
 def _pixel(xy: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

@@ -60,7 +60,10 @@ class LucasKanadeTracker(PointTracker):
         p1 = p1.reshape(-1, 2)
         fb_error = np.linalg.norm(p0_back.reshape(-1, 2) - self._xy, axis=1)
         height, width = gray.shape
-        inside = (p1[:, 0] >= 0) & (p1[:, 0] <= width - 1) & (p1[:, 1] >= 0) & (p1[:, 1] <= height - 1)
+        # LK's window must lie in the image; half outside, it drifts with the border.
+        margin = cfg.lk_window / 2
+        inside = (p1[:, 0] >= margin) & (p1[:, 0] <= width - 1 - margin) & \
+            (p1[:, 1] >= margin) & (p1[:, 1] <= height - 1 - margin)
         visible = (status_fwd.ravel() == 1) & (status_bwd.ravel() == 1) & (fb_error < cfg.fb_threshold) & inside
         visible &= np.isfinite(p1).all(axis=1)
         confidence = np.where(visible, np.exp(-fb_error / cfg.fb_threshold), 0.0).astype(np.float32)
