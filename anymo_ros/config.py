@@ -45,8 +45,8 @@ class DensifyConfig:
     flow_preset: str = _param("fast", "OpenCV DIS preset: 'ultrafast', 'fast' or 'medium'.")
     flow_scale: float = _param(1.0, "Scale of the flow field relative to processing resolution.")
     evidence_decay: float = _param(0.6, "Weight of the warped previous motion map in the temporal accumulation.")
-    foreground_threshold: float = _param(0.5, "Accumulated motion probability above which a pixel can belong to an object.")
-    min_object_tracks: int = _param(4, "Dynamic tracks an object needs before it is reported.")
+    foreground_threshold: float = _param(0.6, "Accumulated motion probability above which a pixel can belong to an object.")
+    min_object_tracks: int = _param(6, "Dynamic tracks an object needs before it is reported.")
     min_object_area: float = _param(0.002, "Smallest object area as a fraction of the image.")
 
 
@@ -57,14 +57,67 @@ class IdentityConfig:
 
 
 @dataclass
+class DepthConfig:
+    backend: str = _param("none", "Depth source: 'none', 'sensor' (the synced depth image: 16UC1 in mm or 32FC1 in m) "
+                                  "or 'depth_anything' (Depth Anything V2, relative depth, via transformers).")
+    model: str = _param("depth-anything/Depth-Anything-V2-Small-hf",
+                        "Depth Anything V2 checkpoint: a Hugging Face model id or a local directory.")
+    input_size: int = _param(518, "Shorter image side fed to Depth Anything, a multiple of 14 (518 as in training).")
+    every: int = _param(1, "Run the depth model on every k-th frame; the last map is reused in between.")
+
+
+@dataclass
+class SemanticsConfig:
+    backend: str = _param("none", "Per-track semantic features for the learned classifier: 'none' or 'dinov2' "
+                                  "(DINOv2 via transformers).")
+    model: str = _param("facebook/dinov2-base", "DINOv2 checkpoint: a Hugging Face model id or a local directory.")
+    layer: int = _param(-1, "Transformer block the features come from; negative counts from the end "
+                            "(-1: the last block, block 11 of DINOv2-B as in the paper).")
+    facet: str = _param("key", "'key' (the block's attention keys, as in the paper) or 'token' (the block's output).")
+    stride: int = _param(14, "Patch stride in pixels: 14 (the model's own) or 7 (overlapping patches as in the paper, "
+                             "4x the tokens).")
+    input_size: int = _param(448, "Longer image side fed to DINOv2, rounded to a multiple of 14; 0 keeps the frame "
+                                  "size (rounded up), as in the paper.")
+    every: int = _param(4, "Run DINOv2 on every k-th frame; tracks born in between get their vector at the next run.")
+
+
+@dataclass
+class Sam2Config:
+    model: str = _param("", "Checkpoint for densify.backend 'sam2' or 'edgetam': a Hugging Face model id or a local "
+                            "directory; empty: facebook/sam2.1-hiera-large (sam2) or yonigozlan/EdgeTAM-hf (edgetam).")
+    min_group_tracks: int = _param(6, "Stage 1: dynamic tracks a clicked mask (dilated) must hold to become an object.")
+    dilation_kernel: int = _param(6, "Stage 1: side of the square kernel that dilates each clicked mask.")
+    dilation_iterations: int = _param(3, "Stage 1: dilation iterations.")
+    discover_every: int = _param(1, "Look for new objects among uncovered dynamic tracks every k-th frame.")
+    reprompt_every: int = _param(16, "Stage 2: re-prompt each object at the medoid of its tracks every N frames.")
+    coverage: float = _param(0.7, "Stage 2: if fewer of the object's tracks than this fraction land in its mask, "
+                                  "re-prompt with 3 points (nearest the centroid and the two farthest).")
+    merge_iou: float = _param(0.9, "Two object masks overlap when their IoU exceeds this, ...")
+    merge_cover: float = _param(0.9, "... or when one covers at least this fraction of the other.")
+    merge_fraction: float = _param(0.3, "Merge two objects once their masks overlapped in this fraction of "
+                                        "merge_window frames (among the last merge_window frames both existed in).")
+    merge_window: int = _param(30, "Frames of overlap history kept per pair of objects for merging.")
+    drop_patience: int = _param(10, "Frames an object may have no visible dynamic track (or an empty mask) "
+                                    "before it is dropped.")
+    max_objects: int = _param(16, "Most objects tracked at once; new groups beyond it are ignored.")
+    conditioning_frames: int = _param(4, "Prompted frames kept in each object's memory; older ones are dropped, "
+                                         "so cost stays constant on an endless stream.")
+
+
+@dataclass
 class SegmenterConfig:
     device: str = _param("cpu", "Torch device for learned models: 'cpu', 'cuda' or 'cuda:N'.")
+    precision: str = _param("fp32", "Arithmetic of learned models on CUDA: 'fp32', 'fp16' or 'bf16' (autocast); "
+                                    "CPU always runs fp32.")
     processing_width: int = _param(480, "Frames are resized to this width for tracking and flow; masks are returned at input size.")
     window: int = _param(16, "Sliding-window length in frames: the track history the classifier sees.")
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     densify: DensifyConfig = field(default_factory=DensifyConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
+    depth: DepthConfig = field(default_factory=DepthConfig)
+    semantics: SemanticsConfig = field(default_factory=SemanticsConfig)
+    sam2: Sam2Config = field(default_factory=Sam2Config)
 
     # --- flat view used by the ROS parameter layer and YAML files ---
     def flat_items(self) -> Iterator[tuple[str, Any, str]]:
