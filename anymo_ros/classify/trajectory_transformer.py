@@ -1,0 +1,446 @@
+"""The paper's learned trajectory classifier: a window of point tracks in, a dynamic probability per track out.
+
+Two stages, as in SegAnyMo:
+
+1. Motion transformer (width 16). The (T, 88) features of each track go through two 1x1
+   convolutions (per-step linear layers, 88 -> 16 -> 16), then space-time layers that attend along
+   time within each track and across tracks at each frame. As in the original code it is an
+   encoder-decoder pair (2 + 2 layers) whose decoder starts from the same projected input and
+   also attends, along time, to the encoder's output. Invisible steps are masked out as keys
+   everywhere; a max-pool over the visible steps gives one 16-d motion vector per track.
+2. Motion-semantic decoupled transformer (width 128, 4 encoder + 4 decoder blocks) over the
+   tracks. Attention only ever sees motion features; the track's DINOv2 vector joins only as
+   extra input to each encoder FFN (128 + 768 -> 512 -> 128). A linear layer gives the logit.
+
+Departures from the original code, all in favour of exact masking: separate weights for the time
+and track attentions (the original shares one), keys masked in every attention (the original
+leaves the memory and the second stage unmasked) and a max-pool over visible steps only, so
+neither invisible steps nor padded tracks can change any other output.
+
+Cost: the attention across tracks grows as N^2 * T and dominates on a CPU; about 0.3 s for
+1024 tracks x 16 frames on 2 cores, a tenth of that for 256 tracks
+(``python -m anymo_ros.tools.bench_classifier``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anymo_ros.classify.features import FEATURE_DIM, track_features
+
+
+@dataclass
+class TrajectoryTransformerConfig:
+    """Hyper-parameters of :class:`TrajectoryTransformer`; the defaults are the paper's model."""
+
+    input_dim: int = FEATURE_DIM          # per-step feature channels (see features.py)
+    motion_dim: int = 16                  # width of the motion transformer
+    motion_heads: int = 4
+    motion_ffn_dim: int = 64
+    motion_encoder_layers: int = 2        # space-time layers, as in the original code
+    motion_decoder_layers: int = 2        # 0 drops the decoder: the pooled encoder output is used
+    decoupled_dim: int = 128              # width of the motion-semantic decoupled transformer
+    decoupled_heads: int = 8
+    decoupled_ffn_dim: int = 512
+    decoupled_encoder_blocks: int = 4
+    decoupled_decoder_blocks: int = 4
+    semantic_dim: int = 768               # DINOv2-B/14 feature size; 0 builds a motion-only model
+    semantic_dropout: float = 0.5         # training only: chance that a clip's semantics are zeroed
+    dropout: float = 0.1
+    track_anchors: int = 0                # 0: full attention across tracks (the paper); M > 0: through M
+                                          # learned anchor tokens, O(N * M) instead of O(N^2) per frame
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrajectoryTransformerConfig":
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown trajectory transformer config keys: {sorted(unknown)}")
+        return cls(**values)
+
+
+def _key_mask(key_valid: torch.Tensor) -> torch.Tensor | None:
+    """SDPA mask (S, 1, 1, L) from per-sequence key validity (S, L); None when all keys are valid.
+
+    A sequence without any valid key gives NaN on some CUDA kernels (the CPU ones return zeros),
+    so it attends to all its keys instead. Only invalid queries live in such a sequence (its
+    frame, track or clip has no valid key), and their outputs are never used as keys or pooled,
+    so this cannot leak into a valid output.
+    """
+    key_valid = key_valid | ~key_valid.any(dim=-1, keepdim=True)
+    if bool(key_valid.all()):
+        return None  # the unmasked kernel is faster
+    # A strided mask makes the CPU kernel expand it to the full (S, Lq, Lk) size first.
+    return key_valid.contiguous()[:, None, None, :]
+
+
+class _Attention(nn.Module):
+    """Multi-head attention over axis 1 of (S, L, D) sequences, built on F.scaled_dot_product_attention.
+
+    One packed in-projection serves both self-attention (a single GEMM) and attention into a
+    memory; the fused kernel never materialises the (L, L) weights on the CPU.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.dropout = dropout
+        self.in_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+        # nn.MultiheadAttention's initialisation, which the original model trained with.
+        nn.init.xavier_uniform_(self.in_proj.weight)
+        nn.init.zeros_(self.in_proj.bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self, query: torch.Tensor, mask: torch.Tensor | None, memory: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """query (S, Lq, D); mask from :func:`_key_mask`; memory (S, Lk, D), None for self-attention."""
+        if memory is None:
+            q, k, v = self.in_proj(query).chunk(3, dim=-1)
+        else:
+            dim = query.shape[-1]
+            q = F.linear(query, self.in_proj.weight[:dim], self.in_proj.bias[:dim])
+            k, v = F.linear(memory, self.in_proj.weight[dim:], self.in_proj.bias[dim:]).chunk(2, dim=-1)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class _AnchoredAttention(nn.Module):
+    """Attention across a set through a few learned anchor tokens (the Set Transformer's induced set
+    attention): the anchors attend to the valid keys, then every query attends to the anchors.
+
+    Same interface as :class:`_Attention`. Cost grows as L * M instead of L^2. The anchors are
+    shared by all sequences and summarise the keys with a permutation-invariant, masked attention,
+    so permuting the set permutes the output and masked keys influence nothing; the anchors
+    themselves are always valid, so the second attention needs no mask.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float, num_anchors: int):
+        super().__init__()
+        self.anchors = nn.Parameter(torch.empty(num_anchors, dim))
+        nn.init.normal_(self.anchors, std=dim ** -0.5)
+        self.gather = _Attention(dim, heads, dropout)
+        self.gather_norm = nn.LayerNorm(dim)
+        self.scatter = _Attention(dim, heads, dropout)
+
+    def forward(
+        self, query: torch.Tensor, mask: torch.Tensor | None, memory: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        keys = query if memory is None else memory
+        anchors = self.anchors.expand(keys.shape[0], -1, -1)
+        summary = self.gather_norm(anchors + self.gather(anchors, mask, keys))
+        return self.scatter(query, None, summary)
+
+
+def _set_attention(dim: int, heads: int, dropout: float, num_anchors: int) -> nn.Module:
+    """Attention across tracks: full (num_anchors 0) or through ``num_anchors`` anchor tokens."""
+    if num_anchors:
+        return _AnchoredAttention(dim, heads, dropout, num_anchors)
+    return _Attention(dim, heads, dropout)
+
+
+class _FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int, dropout: float):
+        super().__init__()
+        self.expand = nn.Linear(dim, hidden_dim)
+        self.contract = nn.Linear(hidden_dim, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.contract(self.dropout(F.relu(self.expand(x))))
+
+
+@dataclass
+class _SpaceTimeMasks:
+    """Key masks of one batch for both attention axes, computed once per forward."""
+
+    along_time: torch.Tensor | None    # (B*N, 1, 1, T)
+    across_tracks: torch.Tensor | None  # (B*T, 1, 1, N)
+
+    @classmethod
+    def from_valid(cls, valid: torch.Tensor) -> "_SpaceTimeMasks":
+        batch, tracks, window = valid.shape
+        return cls(
+            along_time=_key_mask(valid.reshape(batch * tracks, window)),
+            across_tracks=_key_mask(valid.transpose(1, 2).reshape(batch * window, tracks)),
+        )
+
+
+class _SpaceTimeLayer(nn.Module):
+    """Attention along time within each track, then across tracks at each frame, then (decoder
+    layers) along time into the encoder memory, then the FFN; post-norm residuals as in the original."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, attends_memory: bool, anchors: int = 0):
+        super().__init__()
+        self.time_attention = _Attention(dim, heads, dropout)
+        self.track_attention = _set_attention(dim, heads, dropout, anchors)
+        self.memory_attention = _Attention(dim, heads, dropout) if attends_memory else None
+        self.ffn = _FeedForward(dim, ffn_dim, dropout)
+        self.norm_time = nn.LayerNorm(dim)
+        self.norm_tracks = nn.LayerNorm(dim)
+        self.norm_memory = nn.LayerNorm(dim) if attends_memory else None
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, masks: _SpaceTimeMasks, memory: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, N, T, D) -> (B, N, T, D); memory (B, N, T, D) for decoder layers."""
+        batch, tracks, window, dim = x.shape
+        along_time = x.reshape(batch * tracks, window, dim)
+        update = self.time_attention(along_time, masks.along_time)
+        x = self.norm_time(x + self.dropout(update).view_as(x))
+
+        across_tracks = x.transpose(1, 2).reshape(batch * window, tracks, dim)
+        update = self.track_attention(across_tracks, masks.across_tracks)
+        # Back to (B, N, T, D) memory order: the next steps are slow on strided tensors.
+        update = update.view(batch, window, tracks, dim).transpose(1, 2).reshape_as(x)
+        x = self.norm_tracks(x + self.dropout(update))
+
+        if self.memory_attention is not None:
+            update = self.memory_attention(
+                x.reshape(batch * tracks, window, dim), masks.along_time,
+                memory.reshape(batch * tracks, window, dim),
+            )
+            x = self.norm_memory(x + self.dropout(update).view_as(x))
+
+        return self.norm_ffn(x + self.dropout(self.ffn(x)))
+
+
+class _DecoupledEncoderBlock(nn.Module):
+    """Self-attention over motion features only; the semantic vector joins only the FFN input."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, semantic_dim: int, dropout: float, anchors: int = 0):
+        super().__init__()
+        self.attention = _set_attention(dim, heads, dropout, anchors)
+        self.ffn_expand = nn.Linear(dim + semantic_dim, ffn_dim)
+        self.ffn_contract = nn.Linear(ffn_dim, dim)
+        self.norm_attention = nn.LayerNorm(dim)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, semantics: torch.Tensor | None) -> torch.Tensor:
+        """x (B, N, D); semantics (B, N, semantic_dim) or None for all zeros."""
+        x = self.norm_attention(x + self.dropout(self.attention(x, mask)))
+        # Equal to ffn_expand(cat(x, semantics)) without building the wide input; the semantic
+        # half is skipped outright when there are no semantics, as it would only add zeros.
+        dim = x.shape[-1]
+        hidden = F.linear(x, self.ffn_expand.weight[:, :dim], self.ffn_expand.bias)
+        if semantics is not None:
+            hidden = hidden + F.linear(semantics, self.ffn_expand.weight[:, dim:])
+        update = self.ffn_contract(self.dropout(F.relu(hidden)))
+        return self.norm_ffn(x + self.dropout(update))
+
+
+class _DecoupledDecoderBlock(nn.Module):
+    """Self-attention on motion features, then cross-attention into the encoder memory, then the FFN."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float, anchors: int = 0):
+        super().__init__()
+        self.self_attention = _set_attention(dim, heads, dropout, anchors)
+        self.memory_attention = _set_attention(dim, heads, dropout, anchors)
+        self.ffn = _FeedForward(dim, ffn_dim, dropout)
+        self.norm_self = nn.LayerNorm(dim)
+        self.norm_memory = nn.LayerNorm(dim)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, memory: torch.Tensor) -> torch.Tensor:
+        x = self.norm_self(x + self.dropout(self.self_attention(x, mask)))
+        x = self.norm_memory(x + self.dropout(self.memory_attention(x, mask, memory)))
+        return self.norm_ffn(x + self.dropout(self.ffn(x)))
+
+
+class TrajectoryTransformer(nn.Module):
+    """Dynamic/static logit per track from a window of track features (see the module docstring).
+
+    Semantics are optional: without them the semantic FFN input is zeros. Training zeroes each
+    clip's semantics with probability ``config.semantic_dropout``, so a model run without a DINO
+    backend still sees in-distribution input.
+    """
+
+    def __init__(self, config: TrajectoryTransformerConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.input_projection = nn.Sequential(
+            nn.Linear(c.input_dim, c.motion_dim), nn.ReLU(),
+            nn.Linear(c.motion_dim, c.motion_dim), nn.ReLU(),
+        )
+        self.motion_encoder = nn.ModuleList(
+            _SpaceTimeLayer(c.motion_dim, c.motion_heads, c.motion_ffn_dim, c.dropout, False, c.track_anchors)
+            for _ in range(c.motion_encoder_layers)
+        )
+        self.motion_encoder_norm = nn.LayerNorm(c.motion_dim)
+        self.motion_decoder = nn.ModuleList(
+            _SpaceTimeLayer(c.motion_dim, c.motion_heads, c.motion_ffn_dim, c.dropout, True, c.track_anchors)
+            for _ in range(c.motion_decoder_layers)
+        )
+        self.motion_decoder_norm = nn.LayerNorm(c.motion_dim) if c.motion_decoder_layers else None
+        self.decoupled_embedding = nn.Linear(c.motion_dim, c.decoupled_dim)
+        self.decoupled_encoder = nn.ModuleList(
+            _DecoupledEncoderBlock(
+                c.decoupled_dim, c.decoupled_heads, c.decoupled_ffn_dim, c.semantic_dim, c.dropout, c.track_anchors
+            )
+            for _ in range(c.decoupled_encoder_blocks)
+        )
+        self.decoupled_decoder = nn.ModuleList(
+            _DecoupledDecoderBlock(c.decoupled_dim, c.decoupled_heads, c.decoupled_ffn_dim, c.dropout, c.track_anchors)
+            for _ in range(c.decoupled_decoder_blocks)
+        )
+        self.output = nn.Linear(c.decoupled_dim, 1)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        visible: torch.Tensor,
+        semantics: torch.Tensor | None = None,
+        track_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, N).
+
+        Args:
+            features: (B, N, T, input_dim) from :func:`track_features`.
+            visible: (B, N, T) bool; invisible steps influence no output.
+            semantics: (B, N, semantic_dim) per-track semantic vectors, or None.
+            track_mask: (B, N) bool, False for padding tracks, which influence no real track.
+        """
+        valid = visible if track_mask is None else visible & track_mask.unsqueeze(-1)
+        motion = self._pool_motion(features, valid)
+        # Tracks never seen in the window carry no motion: keep them out of the keys too.
+        track_valid = valid.any(dim=-1)
+        return self._classify(motion, track_valid, self._checked_semantics(semantics))
+
+    def _pool_motion(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, N, T, input_dim) -> (B, N, motion_dim): space-time transformer, max over valid steps."""
+        masks = _SpaceTimeMasks.from_valid(valid)
+        projected = self.input_projection(features)
+        memory = projected
+        for layer in self.motion_encoder:
+            memory = layer(memory, masks)
+        memory = self.motion_encoder_norm(memory)
+        motion = memory
+        if self.motion_decoder:
+            motion = projected
+            for layer in self.motion_decoder:
+                motion = layer(motion, masks, memory=memory)
+            motion = self.motion_decoder_norm(motion)
+        pooled = motion.masked_fill(~valid.unsqueeze(-1), -torch.inf).amax(dim=2)
+        return torch.where(valid.any(dim=-1, keepdim=True), pooled, 0.0)
+
+    def _checked_semantics(self, semantics: torch.Tensor | None) -> torch.Tensor | None:
+        if semantics is None:
+            return None
+        if semantics.shape[-1] != self.config.semantic_dim:
+            raise ValueError(
+                f"semantic vectors have {semantics.shape[-1]} channels, the model expects {self.config.semantic_dim}"
+            )
+        if self.training and self.config.semantic_dropout > 0:
+            keep = torch.rand(semantics.shape[0], 1, 1, device=semantics.device) >= self.config.semantic_dropout
+            semantics = semantics * keep
+        return semantics
+
+    def _classify(self, motion: torch.Tensor, track_valid: torch.Tensor, semantics: torch.Tensor | None) -> torch.Tensor:
+        """(B, N, motion_dim) -> logits (B, N) with the motion-semantic decoupled transformer."""
+        mask = _key_mask(track_valid)
+        embedded = self.decoupled_embedding(motion)
+        memory = embedded
+        for block in self.decoupled_encoder:
+            memory = block(memory, mask, semantics)
+        x = embedded
+        for block in self.decoupled_decoder:
+            x = block(x, mask, memory)
+        return self.output(x).squeeze(-1)
+
+
+def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's loss: BCE over the tracks of each clip, positives weighted by (N - N_pos) / N_pos.
+
+    logits, labels (1 dynamic, 0 static) and valid are (..., N) with one clip per row; N counts the
+    clip's valid tracks. The weight balances the usually rare dynamic tracks against the static
+    ones. Returns the mean weighted loss over all valid tracks.
+    """
+    labels = labels.to(logits.dtype)
+    valid = torch.ones_like(labels) if valid is None else valid.to(logits.dtype)
+    num_tracks = valid.sum(dim=-1, keepdim=True)
+    num_positive = (labels * valid).sum(dim=-1, keepdim=True)
+    # A clip without positives has nothing to weight; clamping keeps the unused weight finite.
+    positive_weight = (num_tracks - num_positive) / num_positive.clamp_min(1.0)
+    weights = torch.where(labels > 0.5, positive_weight, 1.0) * valid
+    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    return (weights * losses).sum() / valid.sum().clamp_min(1.0)
+
+
+def save_weights(model: TrajectoryTransformer, path: str | Path) -> None:
+    """Write ``{"config": dict, "state_dict": ...}``, everything needed to rebuild the model."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict()}, path)
+
+
+def load_weights(path: str | Path, device: str = "cpu") -> TrajectoryTransformer:
+    """Rebuild a model written by :func:`save_weights`, in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"trajectory classifier weights not found: {path}")
+    saved = torch.load(path, map_location=device, weights_only=True)
+    model = TrajectoryTransformer(TrajectoryTransformerConfig.from_dict(saved["config"]))
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval()
+
+
+class LearnedTrackClassifier:
+    """Numpy-in, numpy-out inference wrapper around :class:`TrajectoryTransformer`."""
+
+    def __init__(self, weights_path: str | Path, device: str = "cpu"):
+        self._use(load_weights(weights_path, device), device)
+
+    @classmethod
+    def from_model(cls, model: TrajectoryTransformer, device: str = "cpu") -> "LearnedTrackClassifier":
+        classifier = cls.__new__(cls)
+        classifier._use(model, device)
+        return classifier
+
+    def _use(self, model: TrajectoryTransformer, device: str) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+
+    def predict(
+        self,
+        xy: np.ndarray,
+        visible: np.ndarray,
+        confidence: np.ndarray,
+        image_size: tuple[int, int],
+        depth: np.ndarray | None = None,
+        semantics: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Dynamic probability (N,) float32 for N tracks over a window of T frames.
+
+        Arguments are those of :func:`track_features`, plus ``semantics``: (N, semantic_dim)
+        vectors or None when there is no semantic backend.
+        """
+        num_tracks = len(visible)
+        if num_tracks == 0:
+            return np.zeros(0, np.float32)
+        with torch.inference_mode():
+            features = track_features(xy, visible, confidence, image_size, depth).to(self.device)
+            visible_t = torch.as_tensor(visible, dtype=torch.bool, device=self.device)
+            semantics_t = None
+            if semantics is not None:
+                semantics_t = torch.as_tensor(semantics, dtype=torch.float32, device=self.device).unsqueeze(0)
+            logits = self.model(features.unsqueeze(0), visible_t.unsqueeze(0), semantics_t)
+            return torch.sigmoid(logits[0]).cpu().numpy().astype(np.float32, copy=False)
