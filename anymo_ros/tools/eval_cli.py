@@ -3,11 +3,12 @@
 ``anymo-eval mos ROOT`` feeds every sequence to a fresh pipeline one frame at a time, in order and
 with stamps from the frame rate, exactly as the node receives a camera stream, and scores the
 output against the ground-truth masks (moving-object segmentation: every object merged into one
-foreground). ``anymo-eval tracks ROOT`` classifies Hopkins point trajectories and reports the
-misclassification rate.
+foreground). ``anymo-eval bag OUTBAG GT_DIR`` scores the same way the node's results recorded by
+``anymo-bag replay``. ``anymo-eval tracks ROOT`` classifies Hopkins point trajectories and reports
+the misclassification rate.
 
-The evaluation functions (`evaluate_sequence`, `evaluate_root`, `evaluate_tracks`) are the
-library behind the commands, for benchmarks and other scorers.
+The evaluation functions (`evaluate_sequence`, `evaluate_root`, `evaluate_result_bag`,
+`evaluate_tracks`) are the library behind the commands, for benchmarks and other scorers.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import yaml
 from tqdm import tqdm
 
 from anymo_ros.config import ClassifierConfig, SegmenterConfig
+from anymo_ros.tools.bag_cli import DEFAULT_MASKS_TOPIC, BagError, format_stamp, frame_stamp_ns, read_results
 from anymo_ros.tools.datasets import (
     DEFAULT_FPS,
     DatasetError,
@@ -77,20 +79,26 @@ def evaluate_sequence(
     count = len(sequence) if max_frames is None else min(max_frames, len(sequence))
     for index in tqdm(range(count), desc=sequence.name, unit="frame", leave=False, disable=_tqdm_disable(progress)):
         result = segmenter.feed(sequence.frame(index), sequence.stamp(index))
-        gt_mask = gt_instances = None
-        if index >= skip_first and sequence.has_mask(index):
-            if instances:
-                gt_instances = sequence.instance_mask(index)
-                gt_mask = gt_instances > 0
-            else:
-                gt_mask = sequence.mask(index)
-            if result.label_image.shape != gt_mask.shape:
-                raise EvaluationError(
-                    f"pipeline returned a {result.label_image.shape} label image for frame "
-                    f"{sequence.frame_paths[index]} with a {gt_mask.shape} mask"
-                )
-        scorer.add_frame(result.label_image, result.processing_time, gt_mask, gt_instances)
+        _score_frame(scorer, sequence, index, result.label_image, result.processing_time, instances, skip_first)
     return scorer.result()
+
+
+def _score_frame(scorer: SequenceScorer, sequence: Sequence, index: int, label_image: np.ndarray,
+                 processing_time: float | None, instances: bool, skip_first: int) -> None:
+    """Add frame `index`'s output to `scorer`, scored when it is annotated and past the warm-up."""
+    gt_mask = gt_instances = None
+    if index >= skip_first and sequence.has_mask(index):
+        if instances:
+            gt_instances = sequence.instance_mask(index)
+            gt_mask = gt_instances > 0
+        else:
+            gt_mask = sequence.mask(index)
+        if label_image.shape != gt_mask.shape:
+            raise EvaluationError(
+                f"pipeline returned a {label_image.shape} label image for frame "
+                f"{sequence.frame_paths[index]} with a {gt_mask.shape} mask"
+            )
+    scorer.add_frame(label_image, processing_time, gt_mask, gt_instances)
 
 
 def evaluate_root(
@@ -130,6 +138,45 @@ def pipeline_factory(config: SegmenterConfig) -> SegmenterFactory:
             raise EvaluationError(f"cannot create the pipeline: {error}") from error
 
     return create
+
+
+def evaluate_result_bag(
+    bag: str | Path,
+    sequence: Sequence,
+    topic: str = DEFAULT_MASKS_TOPIC,
+    start_time: float = 0.0,
+    instances: bool = False,
+    skip_first: int = 0,
+    progress: bool = True,
+) -> tuple[SequenceScores, int]:
+    """Score the results that `anymo-bag replay` recorded in `bag` against `sequence`.
+
+    A result belongs to the frame with its stamp: frame i of a bag made by `anymo-bag from-frames`
+    is stamped start_time + i / sequence.fps. A frame without a result (dropped by the node) is
+    scored as an empty mask. Returns the scores and the number of frames without a result.
+    """
+    scorer = SequenceScorer(sequence.name)
+    frame_of_stamp = {frame_stamp_ns(index, sequence.fps, start_time): index for index in range(len(sequence))}
+    empty = np.zeros(sequence.image_size, np.uint16)
+    next_index = received = 0
+    for result in tqdm(read_results(Path(bag), topic), total=len(sequence), desc=sequence.name, unit="frame",
+                       leave=False, disable=_tqdm_disable(progress)):
+        index = frame_of_stamp.get(result.stamp_ns)
+        if index is None:
+            raise EvaluationError(
+                f"result at stamp {format_stamp(result.stamp_ns)} s in {bag} matches no frame of '{sequence.name}' "
+                f"({len(sequence)} frames at {sequence.fps:g} fps from {start_time:g} s); pass the --fps and "
+                "--start-time the bag was made with")
+        if index < next_index:
+            raise EvaluationError(f"result at stamp {format_stamp(result.stamp_ns)} s in {bag} is out of order "
+                                  f"or repeated (frame {index} after frame {next_index - 1})")
+        for dropped in range(next_index, index):
+            _score_frame(scorer, sequence, dropped, empty, None, instances, skip_first)
+        _score_frame(scorer, sequence, index, result.labels, result.processing_time, instances, skip_first)
+        next_index, received = index + 1, received + 1
+    for dropped in range(next_index, len(sequence)):
+        _score_frame(scorer, sequence, dropped, empty, None, instances, skip_first)
+    return scorer.result(), len(sequence) - received
 
 
 # --- Hopkins trajectories ----------------------------------------------------------------------
@@ -239,19 +286,25 @@ def format_table(rows: list[dict], footer: dict, columns: list[tuple[str, str]])
     return "\n".join([join(header), rule, *(join(line) for line in body[:-1]), rule, join(body[-1])])
 
 
+def _print_scores(scores: list[SequenceScores], instances: bool) -> dict[str, float | int | str]:
+    """Print the J/F/speed table of `scores` with their mean; returns the mean row."""
+    rows, mean = [s.summary() for s in scores], summarize(scores)
+    columns = [("sequence", "sequence"), ("frames", "frames"), ("scored", "scored"),
+               ("J", "J"), ("F", "F"), ("J&F", "J&F")]
+    if instances:
+        columns.append(("instance_J", "inst J"))
+    columns += [("fps", "FPS"), ("latency_p50", "p50 ms"), ("latency_p95", "p95 ms")]
+    print(format_table(rows, mean, columns))
+    return mean
+
+
 def _run_mos(args: argparse.Namespace) -> None:
     config = _load_config(args.config)
     scores = evaluate_root(
         args.root, pipeline_factory(config), args.sequences, fps=args.fps, sparse_masks=args.sparse_masks,
         instances=args.instances, max_frames=args.max_frames, skip_first=args.skip_first,
     )
-    rows, mean = [s.summary() for s in scores], summarize(scores)
-    columns = [("sequence", "sequence"), ("frames", "frames"), ("scored", "scored"),
-               ("J", "J"), ("F", "F"), ("J&F", "J&F")]
-    if args.instances:
-        columns.append(("instance_J", "inst J"))
-    columns += [("fps", "FPS"), ("latency_p50", "p50 ms"), ("latency_p95", "p95 ms")]
-    print(format_table(rows, mean, columns))
+    mean = _print_scores(scores, args.instances)
     if args.json:
         _write_json(args.json, {
             "root": str(args.root),
@@ -263,6 +316,21 @@ def _run_mos(args: argparse.Namespace) -> None:
                                per_frame_instance_J=s.instance_jaccard, processing_times=s.processing_times)
                           for s in scores],
         })
+
+
+def _run_bag(args: argparse.Namespace) -> None:
+    sequences = discover_sequences(args.gt_root, [args.sequence] if args.sequence else None, fps=args.fps,
+                                   sparse_masks=args.sparse_masks)
+    if len(sequences) > 1:
+        raise EvaluationError(f"{args.gt_root} holds {len(sequences)} sequences "
+                              f"({', '.join(s.name for s in sequences)}); choose the bag's with --sequence NAME")
+    sequence = sequences[0]
+    scores, missing = evaluate_result_bag(args.bag, sequence, args.topic, args.start_time, args.instances,
+                                          args.skip_first)
+    if missing:
+        print(f"anymo-eval: {missing} of {len(sequence)} frames have no result in {args.bag} (dropped); "
+              "scored as empty masks", file=sys.stderr)
+    _print_scores([scores], args.instances)
 
 
 def _run_tracks(args: argparse.Namespace) -> None:
@@ -343,6 +411,28 @@ def build_parser() -> argparse.ArgumentParser:
                           "mask is an error")
     mos.set_defaults(run=_run_mos)
 
+    bag = commands.add_parser(
+        "bag", help="the same scores for the node's results recorded in a bag (anymo-bag replay)",
+        description="Score the label images of a result bag (anymo-bag replay) against the ground-truth masks "
+                    "of one sequence, as 'mos' scores the pipeline. Results are matched to frames by stamp: "
+                    "frame i is stamped start-time + i/fps, as anymo-bag from-frames made the input bag. A frame "
+                    "without a result (dropped by the node) is scored as an empty mask. FPS and latency come "
+                    "from the node's processing time.",
+    )
+    bag.add_argument("bag", type=Path, metavar="OUTBAG", help="result bag")
+    bag.add_argument("gt_root", type=Path, metavar="GT_DIR", help="dataset folder with the sequence's frames and masks")
+    bag.add_argument("--sequence", metavar="NAME", help="the bag's sequence when GT_DIR holds several")
+    bag.add_argument("--topic", default=DEFAULT_MASKS_TOPIC, help=f"result topic (default {DEFAULT_MASKS_TOPIC})")
+    bag.add_argument("--fps", type=_positive_float, default=DEFAULT_FPS,
+                     help=f"frame rate the input bag was stamped with (default {DEFAULT_FPS:g})")
+    bag.add_argument("--start-time", type=float, default=0.0, metavar="SECONDS",
+                     help="stamp of the input bag's first frame (default 0)")
+    bag.add_argument("--instances", action="store_true", help="also score per-object instance J (as mos)")
+    bag.add_argument("--skip-first", type=_non_negative_int, default=0, metavar="N",
+                     help="do not score the first N frames (default 0)")
+    bag.add_argument("--sparse-masks", action="store_true", help="allow frames without a mask (not scored)")
+    bag.set_defaults(run=_run_bag)
+
     tracks = commands.add_parser(
         "tracks", help="misclassification rate of the track classifier on Hopkins-style trajectory sets",
         description="Group the point trajectories of every ROOT/<seq>/<seq>.mat (Hopkins format: Data.ySparse, "
@@ -363,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (DatasetError, EvaluationError) as error:
+    except (BagError, DatasetError, EvaluationError) as error:
         print(f"anymo-eval: error: {error}", file=sys.stderr)
         return 2
     return 0
