@@ -6,6 +6,7 @@ give each object a stable id. Everything runs causally on the frames seen so far
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -34,12 +35,11 @@ class MotionSegmenter:
     def __init__(self, config: SegmenterConfig | None = None):
         self.config = config or SegmenterConfig()
         cfg = self.config
-        if cfg.classifier.backend != "geometric":
-            raise ValueError(f"unknown classifier backend '{cfg.classifier.backend}' (available: 'geometric')")
+        self.problems: list[str] = []  # backends that could not start, with the fallback taken
         if cfg.densify.backend != "flow":
             raise ValueError(f"unknown densify backend '{cfg.densify.backend}' (available: 'flow')")
         self.tracker = create_tracker(cfg.tracker)
-        self.classifier = OnlineTrackClassifier(cfg.classifier)
+        self.classifier = self._create_classifier()
         self.densifier = FlowResidualDensifier(cfg.densify)
         self.identity = IdentityTracker(cfg.identity)
         self.window = TrackWindow(cfg.window)
@@ -47,10 +47,21 @@ class MotionSegmenter:
         self._frame_index = 0
         self._reset_state()
 
+    def _create_classifier(self) -> OnlineTrackClassifier:
+        """The configured classifier; the geometric one, with the reason recorded, if it cannot load."""
+        try:
+            return OnlineTrackClassifier(self.config.classifier, self.config.device)
+        except (FileNotFoundError, RuntimeError, KeyError) as error:
+            problem = (f"classifier '{self.config.classifier.backend}' unavailable ({error}); "
+                       f"falling back to 'geometric'")
+            _log.warning(problem)
+            self.problems.append(problem)
+            return OnlineTrackClassifier(dataclasses.replace(self.config.classifier, backend="geometric"))
+
     @property
     def backends(self) -> dict[str, str]:
         cfg = self.config
-        return {"tracker": cfg.tracker.backend, "classifier": cfg.classifier.backend,
+        return {"tracker": cfg.tracker.backend, "classifier": self.classifier.backend,
                 "densify": cfg.densify.backend, "depth": "none", "semantics": "none"}
 
     def reset(self, reason: str) -> None:
@@ -147,8 +158,13 @@ class MotionSegmenter:
         motion_map = self.densifier.motion_map
         if motion_map is not None:
             prior = 0.5 * _sample(motion_map, xy * (motion_map.shape[1] / gray.shape[1]))
+        track_depth = None
+        if depth is not None:
+            track_depth = _sample(depth.astype(np.float32, copy=False), xy / scale, invalid=np.nan)
+        self.window.append(update.frame_index, stamp, ids, xy, visible, confidence, track_depth)
+        window = self.window.tracks(ids) if self.classifier.backend == "learned" else None
         frame = self.classifier.step(ids, prev_xy, xy, paired, (gray.shape[1], gray.shape[0]), prior,
-                                     fit_backward=True)
+                                     fit_backward=True, window=window)
         probability = frame.probability
         stage_times["classify"] = stage_times.get("classify", 0.0) + time.perf_counter() - tic
 
@@ -163,10 +179,6 @@ class MotionSegmenter:
                                         update.frame_index, stamp)
         stage_times["segment"] = stage_times.get("segment", 0.0) + time.perf_counter() - tic
 
-        track_depth = None
-        if depth is not None:
-            track_depth = _sample(depth.astype(np.float32, copy=False), xy / scale, invalid=np.nan)
-        self.window.append(update.frame_index, stamp, ids, xy, visible, confidence, track_depth)
         self._ids, self._xy, self._visible = ids, xy, visible
         self._confidence = confidence
         self._object_of_track = object_of_track

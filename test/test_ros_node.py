@@ -266,3 +266,22 @@ def test_installed_executable_runs_as_its_own_process(ros):
             log = "did not stop on SIGINT\n" + process.communicate()[0]
     assert process.returncode == 0, log
     assert f"input: Image on {ros.image_topic}" in log
+
+
+def test_missing_classifier_weights_fall_back_to_the_embedded_default(ros, tmp_path):
+    missing = tmp_path / "no_such_weights.pt"
+    diagnostics, rosout = ros.subscribe_diagnostics(), ros.subscribe_rosout()
+    node = ros.start_segment_node(**{"pipeline.classifier.backend": "learned",
+                                     "pipeline.classifier.weights": str(missing)})
+    assert node.segmenter.backends["classifier"] == "geometric"
+    status = wait_until(lambda: node_status(diagnostics, node), what="diagnostics of the node")
+    assert status["backend: classifier"] == "geometric"
+    assert str(missing) in status["fallback 1"] and "geometric" in status["fallback 1"]
+    wait_until(lambda: logged(rosout, node, "learned", str(missing), "falling back"),
+               what="one log line naming the missing weights")
+    # And it segments on the fallback.
+    clip = render_clip(seed=1, num_frames=14, width=WIDTH, height=HEIGHT, num_objects=1, camera_motion="pan", fps=15)
+    masks, publisher = ros.subscribe_masks(), ros.image_publisher()
+    inputs = [frame_message(frame, START + stamp) for frame, stamp in zip(clip.frames, clip.stamps)]
+    outputs = stream_in_lockstep(publisher, masks, inputs)
+    assert iou(image_to_array(outputs[-1].labels), clip.masks[-1]) > 0.5

@@ -106,8 +106,9 @@ def _ms(percentiles: tuple[float, float] | None) -> tuple[str, str]:
 
 
 def diagnostic_status(name: str, snapshot: StatsSnapshot, input_topic: str,
-                      backends: dict[str, str]) -> DiagnosticStatus:
-    """One DiagnosticStatus: WARN while bad input or pipeline events (resets) happen, OK otherwise."""
+                      backends: dict[str, str], fallbacks: list[str]) -> DiagnosticStatus:
+    """One DiagnosticStatus: WARN while bad input or pipeline events (resets) happen, or while a
+    configured backend runs on its fallback; OK otherwise."""
     latency_p50, latency_p95 = _ms(snapshot.latency_percentiles)
     processing_p50, processing_p95 = _ms(snapshot.processing_percentiles)
     values = {
@@ -127,13 +128,16 @@ def diagnostic_status(name: str, snapshot: StatsSnapshot, input_topic: str,
         "pipeline events": str(snapshot.pipeline_events),
         "last pipeline event": snapshot.last_pipeline_event,
         **{f"backend: {stage}": backend for stage, backend in backends.items()},
+        **{f"fallback {index + 1}": reason for index, reason in enumerate(fallbacks)},
     }
     if snapshot.received == 0:
         level, message = DiagnosticStatus.OK, f"waiting for images on {input_topic}"
     else:
-        level = DiagnosticStatus.WARN if snapshot.new_problems else DiagnosticStatus.OK
+        level = DiagnosticStatus.WARN if snapshot.new_problems or fallbacks else DiagnosticStatus.OK
         message = (f"{snapshot.output_rate:.1f} Hz, latency p95 {latency_p95} ms, "
                    f"{snapshot.dropped} dropped, {sum(snapshot.bad_input.values())} bad input")
+        if fallbacks:
+            message += f", {len(fallbacks)} backend fallback(s)"
     return DiagnosticStatus(
         level=level, name=name, message=message, hardware_id="",
         values=[KeyValue(key=key, value=value) for key, value in values.items()])

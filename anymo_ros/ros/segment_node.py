@@ -73,6 +73,8 @@ class SegmentNode(Node):
             f"outputs: QoS {qos.describe(output_qos)}")
         backends = ", ".join(f"{stage}={name}" for stage, name in self.segmenter.backends.items())
         self.get_logger().info(f"pipeline backends: {backends}; device {config.device}")
+        for problem in self.segmenter.problems:
+            self.get_logger().warning(problem)
 
         self._diagnostics_timer = self.create_timer(self.settings.diagnostics_period, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name="segment_worker", daemon=True)
@@ -133,7 +135,7 @@ class SegmentNode(Node):
     def _publish_diagnostics(self) -> None:
         snapshot = self._stats.snapshot(self._mailbox.dropped)
         status = diagnostic_status(f"{self.get_fully_qualified_name()}: motion segmentation", snapshot,
-                                   self.input_topic, self.segmenter.backends)
+                                   self.input_topic, self.segmenter.backends, self.segmenter.problems)
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_pub.publish(array)
