@@ -51,13 +51,21 @@ class CameraMotion:
         residual = backward_flow - self.displacement_field(width, height)
         if self.fundamental is None:
             return residual
+        # The point path of _weigh, written per pixel with broadcasting: it runs on every frame.
         scale = np.array([self.image_size[0] / width, self.image_size[1] / height], np.float32)
-        xs, ys = np.meshgrid((np.arange(width, dtype=np.float32) + 0.5) * scale[0] - 0.5,
-                             (np.arange(height, dtype=np.float32) + 0.5) * scale[1] - 0.5)
-        source = np.stack([xs.ravel(), ys.ravel()], axis=1)
-        target = source + backward_flow.reshape(-1, 2) * scale
-        flat = self._weigh(source, target, residual.reshape(-1, 2) * scale) / scale
-        return flat.reshape(height, width, 2)
+        xs = ((np.arange(width, dtype=np.float32) + 0.5) * scale[0] - 0.5)[None, :]
+        ys = ((np.arange(height, dtype=np.float32) + 0.5) * scale[1] - 0.5)[:, None]
+        f = self.fundamental.astype(np.float32)
+        a, b, c = (f[i, 0] * xs + f[i, 1] * ys + f[i, 2] for i in range(3))
+        norm = np.maximum(np.sqrt(a * a + b * b), 1e-12)
+        target_x = xs + backward_flow[..., 0] * scale[0]
+        target_y = ys + backward_flow[..., 1] * scale[1]
+        distance = (a * target_x + b * target_y + c) / norm
+        bias = cv2.resize(self.epipolar_bias, (width, height), interpolation=cv2.INTER_LINEAR)
+        spread = cv2.resize(self.parallax_spread, (width, height), interpolation=cv2.INTER_LINEAR)
+        normal = np.stack([a / norm, b / norm], axis=-1)
+        weighted = _combine(residual * scale, normal, (distance - bias)[..., None], spread[..., None])
+        return weighted / scale
 
     def epipolar_distance(self, source: np.ndarray, target: np.ndarray) -> np.ndarray:
         """Signed distance (N, 1), px, of each target from its source's epipolar line."""
@@ -74,14 +82,9 @@ class CameraMotion:
         if self.fundamental is None or len(source) == 0:
             return residual.astype(np.float32)
         lines, norm = self._epipolar_lines(source)
-        normal = lines[:, :2] / norm
-        distance = self.epipolar_distance(source, target)
-        if self.epipolar_bias is not None:
-            distance = distance - _sample_grid(self.epipolar_bias, source, self.image_size)
-        along = residual - (residual * normal).sum(axis=1, keepdims=True) * normal
-        # Along the line, measure against how much static points nearby disagree in depth.
-        along_weight = 1.0 / (1.0 + _sample_grid(self.parallax_spread, source, self.image_size) / _PARALLAX_TOLERANCE)
-        return (distance * normal + along_weight * along).astype(np.float32)
+        distance = self.epipolar_distance(source, target) - _sample_grid(self.epipolar_bias, source, self.image_size)
+        spread = _sample_grid(self.parallax_spread, source, self.image_size)
+        return _combine(residual, lines[:, :2] / norm, distance, spread)
 
     def predict(self, xy: np.ndarray) -> np.ndarray:
         """Camera-only target positions of source points (N, 2)."""
@@ -106,6 +109,14 @@ class CameraMotion:
 
     def field_at(self, xy: np.ndarray) -> np.ndarray:
         return _sample_grid(self.field, xy, self.image_size)
+
+
+def _combine(residual: np.ndarray, normal: np.ndarray, distance: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """Epipolar distance across the line, plus the residual along it weighted against how much
+    static points nearby disagree in depth (``spread``, px); arrays (..., 2) / (..., 1)."""
+    along = residual - (residual * normal).sum(axis=-1, keepdims=True) * normal
+    along_weight = 1.0 / (1.0 + spread / _PARALLAX_TOLERANCE)
+    return (distance * normal + along_weight * along).astype(np.float32)
 
 
 def _sample_grid(grid: np.ndarray, xy: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
