@@ -25,6 +25,7 @@ setup(
             "anymo-eval = anymo_ros.tools.eval_cli:main",
             "anymo-bag = anymo_ros.tools.bag_cli:main",
             "anymo-demo = anymo_ros.tools.demo:main",
+            "anymo-bench = anymo_ros.tools.benchmark:main",
         ],
     },
 )
