@@ -41,7 +41,7 @@ class ClassifierConfig:
 
 @dataclass
 class DensifyConfig:
-    backend: str = _param("flow", "Dense mask backend: 'flow' (weight-free DIS flow residual, built in).")
+    backend: str = _param("flow", "Dense mask backend: 'flow' (weight-free DIS flow residual, built in), 'sam2' or 'edgetam' (the paper's two-stage prompting of a streaming video segmenter; needs a checkpoint, see sam2.model).")
     flow_preset: str = _param("fast", "OpenCV DIS preset: 'ultrafast', 'fast' or 'medium'.")
     flow_scale: float = _param(1.0, "Scale of the flow field relative to processing resolution.")
     evidence_decay: float = _param(0.6, "Weight of the warped previous motion map in the temporal accumulation.")

@@ -112,6 +112,10 @@ class IdentityTracker:
         self._remember(groups, masks, track_counts, velocities, frame_index, stamp)
         return sorted(groups.items())
 
+    def skip_ids_below(self, next_id: int) -> None:
+        """Ids below ``next_id`` were handed out elsewhere (another densifier): never give them."""
+        self._next_id = max(self._next_id, next_id)
+
     def _new_id(self) -> int:
         object_id = self._next_id
         self._next_id += 1

@@ -17,7 +17,9 @@ import numpy as np
 from anymo_ros.classify.online import OnlineTrackClassifier
 from anymo_ros.config import SegmenterConfig
 from anymo_ros.densify.flow import FlowResidualDensifier, warp_backward
+from anymo_ros.devices import create_backends
 from anymo_ros.identity import Claim, IdentityTracker
+from anymo_ros.semantics import SemanticTrackCache
 from anymo_ros.tracking import TrackUpdate, create_tracker
 from anymo_ros.types import MovingObject, SegmentationResult, TrackSnapshot
 from anymo_ros.window import TrackWindow, carry_over
@@ -35,11 +37,15 @@ class MotionSegmenter:
     def __init__(self, config: SegmenterConfig | None = None):
         self.config = config or SegmenterConfig()
         cfg = self.config
+        # Learned models (depth, semantics, SAM2); any that cannot be had falls back, with a reason.
         self.problems: list[str] = []  # backends that could not start, with the fallback taken
-        if cfg.densify.backend != "flow":
-            raise ValueError(f"unknown densify backend '{cfg.densify.backend}' (available: 'flow')")
-        self.tracker = create_tracker(cfg.tracker)
+        self.models, problems = create_backends(cfg)
+        for problem in problems:
+            self._note(problem)
+        self.tracker = self._create_tracker()
         self.classifier = self._create_classifier()
+        self.semantic_cache = self._create_semantic_cache()
+        self._prompting_used = self.models.prompting
         self.densifier = FlowResidualDensifier(cfg.densify)
         self.identity = IdentityTracker(cfg.identity)
         self.window = TrackWindow(cfg.window)
@@ -47,22 +53,60 @@ class MotionSegmenter:
         self._frame_index = 0
         self._reset_state()
 
+    def _create_tracker(self):
+        try:
+            return create_tracker(self.config.tracker)
+        except ValueError as error:
+            self._note(f"tracker unavailable ({error}); falling back to 'lk'")
+            return create_tracker(dataclasses.replace(self.config.tracker, backend="lk"))
+
+    def _note(self, problem: str) -> None:
+        _log.warning(problem)
+        self.problems.append(problem)
+
     def _create_classifier(self) -> OnlineTrackClassifier:
         """The configured classifier; the geometric one, with the reason recorded, if it cannot load."""
         try:
-            return OnlineTrackClassifier(self.config.classifier, self.config.device)
-        except (FileNotFoundError, RuntimeError, KeyError) as error:
-            problem = (f"classifier '{self.config.classifier.backend}' unavailable ({error}); "
+            return OnlineTrackClassifier(self.config.classifier, str(self.models.device))
+        except (FileNotFoundError, RuntimeError, KeyError, ValueError) as error:
+            self._note(f"classifier '{self.config.classifier.backend}' unavailable ({error}); "
                        f"falling back to 'geometric'")
-            _log.warning(problem)
-            self.problems.append(problem)
             return OnlineTrackClassifier(dataclasses.replace(self.config.classifier, backend="geometric"))
+
+    def _create_semantic_cache(self) -> SemanticTrackCache | None:
+        """Per-track semantics feed the learned classifier only, at the width it was trained for."""
+        semantics = self.models.semantics
+        if semantics is None:
+            return None
+        if self.classifier.backend != "learned":
+            self._fall_back("semantics", "only the learned classifier uses semantics")
+            return None
+        expected = self.classifier.scorer.classifier.model.config.semantic_dim
+        if semantics.semantic_dim != expected:
+            self._fall_back("semantics", f"features of width {semantics.semantic_dim}, the classifier takes {expected}")
+            return None
+        return SemanticTrackCache(semantics.semantic_dim)
+
+    def _fall_back(self, kind: str, error: BaseException | str) -> str:
+        reason = self.models.disable(kind, error)
+        self._note(reason)
+        return reason
 
     @property
     def backends(self) -> dict[str, str]:
-        cfg = self.config
-        return {"tracker": cfg.tracker.backend, "classifier": self.classifier.backend,
-                "densify": cfg.densify.backend, "depth": "none", "semantics": "none"}
+        names = self.models.names
+        return {"tracker": self.tracker.name, "classifier": self.classifier.backend,
+                "densify": names["densify"], "depth": names["depth"], "semantics": names["semantics"]}
+
+    def release(self) -> None:
+        """Free the learned models (and GPU memory); ``load`` brings them back."""
+        self.models.release()
+
+    def load(self) -> list[str]:
+        """(Re)load the learned models; returns the reasons of any that fell back."""
+        problems = self.models.load()
+        self.problems.extend(problems)
+        return problems
 
     def reset(self, reason: str) -> None:
         """Start a new window (scene cut, bag loop, size change); object ids are never reused."""
@@ -70,6 +114,9 @@ class MotionSegmenter:
         self._reset_state()
 
     def _reset_state(self) -> None:
+        self.models.reset()
+        if self.semantic_cache is not None:
+            self.semantic_cache.reset()
         self.tracker.reset()
         self.classifier.reset()
         self.densifier.reset()
@@ -113,8 +160,15 @@ class MotionSegmenter:
         updates = self.tracker.push(gray, self._frame_index)
         stage_times["track"] = time.perf_counter() - tic
 
+        if depth is None and self.models.depth is not None and hasattr(self.models.depth, "relative_depth"):
+            depth = self._run_model("depth", lambda: self.models.depth_rate.run(self.models.depth.relative_depth, image),
+                                    stage_times, events)
+        features = None
+        if self.semantic_cache is not None:
+            features = self._run_model("semantics", lambda: self.models.semantics_rate.run(
+                self.models.semantics.feature_map, image), stage_times, events)
         for update in updates:
-            self._consume(update, small, gray, stamp, depth, scale, stage_times)
+            self._consume(update, small, gray, stamp, depth, features, scale, stage_times, events)
 
         tic = time.perf_counter()
         label_image, objects = self._compose_output(width, height, scale, stamp)
@@ -127,6 +181,17 @@ class MotionSegmenter:
             stage_times=stage_times, events=events)
 
     # ------------------------------------------------------------------ stages
+    def _run_model(self, kind: str, run, stage_times: dict[str, float], events: list[str]):
+        """A learned stage; on failure (out of memory, a broken model) it falls back for good."""
+        tic = time.perf_counter()
+        try:
+            return run()
+        except Exception as error:  # noqa: BLE001 - the stream goes on without the model
+            events.append(self._fall_back(kind, error))
+            return None
+        finally:
+            stage_times[kind] = time.perf_counter() - tic
+
     def _check_continuity(self, image: np.ndarray, stamp: float) -> list[str]:
         events = []
         size = (image.shape[1], image.shape[0])
@@ -144,8 +209,9 @@ class MotionSegmenter:
         self._last_stamp = stamp
         return events
 
-    def _consume(self, update: TrackUpdate, rgb: np.ndarray, gray: np.ndarray, stamp: float, depth: np.ndarray | None,
-                 scale: float, stage_times: dict[str, float]) -> None:
+    def _consume(self, update: TrackUpdate, rgb: np.ndarray, gray: np.ndarray, stamp: float,
+                 depth: np.ndarray | None, features, scale: float, stage_times: dict[str, float],
+                 events: list[str]) -> None:
         order = np.argsort(update.ids, kind="stable")
         ids, xy = update.ids[order], update.xy[order]
         visible, confidence = update.visible[order], update.confidence[order]
@@ -163,8 +229,14 @@ class MotionSegmenter:
             track_depth = _sample(depth.astype(np.float32, copy=False), xy / scale, invalid=np.nan)
         self.window.append(update.frame_index, stamp, ids, xy, visible, confidence, track_depth)
         window = self.window.tracks(ids) if self.classifier.backend == "learned" else None
+        semantics = None
+        if self.semantic_cache is not None:
+            if features is not None and self.models.semantics_rate.fresh:
+                self.semantic_cache.update(ids, xy / scale, visible,
+                                           lambda points: self.models.semantics.sample(features, points))
+            semantics, _ = self.semantic_cache.vectors(ids)
         frame = self.classifier.step(ids, prev_xy, xy, paired, (gray.shape[1], gray.shape[0]), prior,
-                                     fit_backward=True, window=window)
+                                     fit_backward=True, window=window, semantics=semantics)
         probability = frame.probability
         stage_times["classify"] = stage_times.get("classify", 0.0) + time.perf_counter() - tic
 
@@ -175,8 +247,16 @@ class MotionSegmenter:
 
         tic = time.perf_counter()
         static = visible & frame.has_evidence & (probability < 0.3)
-        object_of_track = self._segment(rgb, ids, xy, prev_xy, visible & frame.dynamic, static,
-                                        update.frame_index, stamp)
+        object_of_track = None
+        if self.models.prompting is not None:
+            object_of_track = self._run_model(
+                "densify", lambda: self._prompt(rgb, ids, xy, visible, known_probability, update.frame_index, stamp),
+                stage_times, events)
+            if object_of_track is None:  # SAM2 just failed: the flow densifier's ids continue after SAM2's
+                self.identity.skip_ids_below(self._prompting_used.next_id)
+        if object_of_track is None:
+            object_of_track = self._segment(rgb, ids, xy, prev_xy, visible & frame.dynamic, static,
+                                            update.frame_index, stamp)
         stage_times["segment"] = stage_times.get("segment", 0.0) + time.perf_counter() - tic
 
         self._ids, self._xy, self._visible = ids, xy, visible
@@ -227,6 +307,22 @@ class MotionSegmenter:
             self._first_frame.setdefault(object_id, frame_index)
         self._labels_small = labels
         return object_of_track
+
+    def _prompt(self, rgb: np.ndarray, ids: np.ndarray, xy: np.ndarray, visible: np.ndarray,
+                probability: np.ndarray, frame_index: int, stamp: float) -> np.ndarray:
+        """SAM2 two-stage prompting from the tracks; its object ids persist through SAM2's memory."""
+        prompting = self._prompting_used = self.models.prompting
+        result = prompting.step(rgb, ids, xy, visible, probability)
+        motion_map = self.densifier.motion_map
+        labels = result.label_image(rgb.shape[:2])
+        if motion_map is not None and labels.shape != motion_map.shape:
+            labels = cv2.resize(labels, (motion_map.shape[1], motion_map.shape[0]), interpolation=cv2.INTER_NEAREST)
+        self._labels_small = labels
+        self._members = {object_id: np.flatnonzero(result.track_object == object_id) for object_id in result.masks}
+        for object_id in result.masks:
+            self._first_seen.setdefault(object_id, stamp)
+            self._first_frame.setdefault(object_id, frame_index)
+        return result.track_object
 
     def _compose_output(self, width: int, height: int, scale: float,
                         stamp: float) -> tuple[np.ndarray, list[MovingObject]]:

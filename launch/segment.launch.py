@@ -22,7 +22,9 @@ OVERRIDE_ARGUMENTS = {
     "device": ("pipeline.device", "Torch device for learned models: cpu, cuda or cuda:N."),
     "tracker": ("pipeline.tracker.backend", "Point tracker backend, e.g. lk."),
     "classifier": ("pipeline.classifier.backend", "Track classifier backend: geometric or learned."),
-    "densify": ("pipeline.densify.backend", "Dense mask backend, e.g. flow."),
+    "densify": ("pipeline.densify.backend", "Dense mask backend: flow, sam2 or edgetam."),
+    "depth": ("pipeline.depth.backend", "Depth source: none, sensor or depth_anything."),
+    "semantics": ("pipeline.semantics.backend", "Per-track semantics: none or dinov2."),
 }
 
 

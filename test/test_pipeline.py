@@ -143,8 +143,16 @@ def test_unusable_images_raise_and_leave_the_state_untouched(image, message):
     assert not result.events and result.window_length == 6
 
 
-def test_unknown_backends_are_clear_errors():
+@pytest.mark.parametrize("section, fallback", [
+    ("tracker", "lk"), ("classifier", "geometric"), ("densify", "flow"), ("depth", "none"), ("semantics", "none")])
+def test_unknown_backends_fall_back_with_a_reason(section, fallback):
     config = SegmenterConfig()
-    config.densify.backend = "magic"
-    with pytest.raises(ValueError, match="unknown densify backend 'magic'"):
-        MotionSegmenter(config)
+    getattr(config, section).backend = "magic"
+    segmenter = MotionSegmenter(config)
+    assert any("magic" in problem and f"'{fallback}'" in problem for problem in segmenter.problems)
+    stage = {"tracker": "tracker", "classifier": "classifier", "densify": "densify", "depth": "depth",
+             "semantics": "semantics"}[section]
+    assert segmenter.backends[stage] == fallback
+    clip = render_clip(seed=2, num_frames=3, width=160, height=120, num_objects=1, camera_motion="pan")
+    for frame, stamp in zip(clip.frames, clip.stamps):
+        assert segmenter.feed(frame, stamp).label_image.shape == (120, 160)

@@ -29,6 +29,7 @@ class TrackUpdate:
 class PointTracker(ABC):
     """Common interface of every point tracker backend."""
 
+    name: str = ""          # backend name, as in the config
     latency_frames: int = 0
 
     @abstractmethod

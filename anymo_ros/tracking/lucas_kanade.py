@@ -18,6 +18,8 @@ class LucasKanadeTracker(PointTracker):
     occluded point, so an occluded track ends and a fresh one is seeded when the area reappears.
     """
 
+    name = "lk"
+
     def __init__(self, config: TrackerConfig):
         self.config = config
         self._criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)
