@@ -369,3 +369,26 @@ def test_pipeline_runs_every_learned_backend_and_falls_back_mid_stream(checkpoin
         assert all(obj.object_id >= ids_so_far for obj in result.objects)   # ids are never reused
     segmenter.release()
     assert segmenter.load() == []
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("full_gpu.yaml", {"densify.backend": "sam2", "semantics.model": "facebook/dinov2-base",
+                       "depth.backend": "depth_anything", "classifier.backend": "learned"}),
+    ("jetson.yaml", {"densify.backend": "edgetam", "semantics.model": "facebook/dinov2-small",
+                     "depth.backend": "sensor"}),
+])
+def test_presets_name_their_models_and_fall_back_cleanly_without_weights(preset, expected, monkeypatch):
+    from pathlib import Path
+
+    from anymo_ros.pipeline import MotionSegmenter
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")   # no hub here: loading must fail fast and say why
+    config = SegmenterConfig.from_yaml(Path(__file__).resolve().parents[1] / "config" / preset)
+    values = dict((name, value) for name, value, _ in config.flat_items())
+    for name, value in expected.items():
+        assert values[name] == value
+    segmenter = MotionSegmenter(config)
+    assert any("CUDA" in problem or "cuda" in problem for problem in segmenter.problems)
+    assert segmenter.backends["densify"] == "flow"
+    clip = render_clip(seed=2, num_frames=3, width=WIDTH, height=HEIGHT, num_objects=1, camera_motion="pan")
+    for frame, stamp in zip(clip.frames, clip.stamps):
+        assert segmenter.feed(frame, stamp).label_image.shape == (HEIGHT, WIDTH)
