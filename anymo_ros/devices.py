@@ -157,11 +157,12 @@ class ModelBackend(ABC):
 
         self.device = torch.device(device)
         self.precision = precision
+        self.model = None
 
     @property
-    @abstractmethod
     def loaded(self) -> bool:
         """True while the model is in memory."""
+        return self.model is not None
 
     @abstractmethod
     def load(self) -> None:

@@ -385,6 +385,21 @@ def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
     return (weights * losses).sum() / valid.sum().clamp_min(1.0)
 
 
+WEIGHTS_FILE = "trajectory_classifier.pt"
+
+
+def shipped_weights_path() -> Path:
+    """The weights shipped in resource/: in the source tree, else in the installed share folder."""
+    source_tree = Path(__file__).resolve().parents[2] / "resource" / WEIGHTS_FILE
+    if source_tree.is_file():
+        return source_tree
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory("anymo_ros")) / "resource" / WEIGHTS_FILE
+    except (ImportError, LookupError):  # no ROS, or the package is not installed
+        return source_tree
+
+
 def save_weights(model: TrajectoryTransformer, path: str | Path) -> None:
     """Write ``{"config": dict, "state_dict": ...}``, everything needed to rebuild the model."""
     path = Path(path)

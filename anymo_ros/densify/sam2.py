@@ -71,7 +71,6 @@ class Sam2VideoSegmenter(ModelBackend, PromptableVideoSegmenter):
         self.name = family
         self.model_source = model or default_model(family)
         self.conditioning_frames = max(1, int(conditioning_frames))
-        self.model = None
         self.processor = None
         self._session = None
         self._frame_size: tuple[int, int] | None = None
@@ -86,9 +85,6 @@ class Sam2VideoSegmenter(ModelBackend, PromptableVideoSegmenter):
         return segmenter
 
     # ------------------------------------------------------------------ lifecycle
-    @property
-    def loaded(self) -> bool:
-        return self.model is not None
 
     def load(self) -> None:
         if self.model is not None:

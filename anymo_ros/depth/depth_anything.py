@@ -35,7 +35,6 @@ class DepthAnythingDepth(ModelBackend):
         super().__init__(device, precision)
         self.config = config or DepthConfig()
         self.model_source = self.config.model
-        self.model = None
         self.mean = np.array(_IMAGENET_MEAN, np.float32)
         self.std = np.array(_IMAGENET_STD, np.float32)
 
@@ -48,9 +47,6 @@ class DepthAnythingDepth(ModelBackend):
         backend.model = model.to(backend.device).eval()
         return backend
 
-    @property
-    def loaded(self) -> bool:
-        return self.model is not None
 
     def load(self) -> None:
         if self.model is not None:

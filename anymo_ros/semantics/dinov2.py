@@ -71,7 +71,6 @@ class DinoV2Semantics(ModelBackend):
         if self.config.stride not in (7, 14):
             raise BackendUnavailable(f"DINOv2 stride {self.config.stride} is not 7 or 14")
         self.model_source = self.config.model
-        self.model = None
         self.mean = torch.tensor(_IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(_IMAGENET_STD).view(3, 1, 1)
 
@@ -84,9 +83,6 @@ class DinoV2Semantics(ModelBackend):
         backend._adopt(model)
         return backend
 
-    @property
-    def loaded(self) -> bool:
-        return self.model is not None
 
     def load(self) -> None:
         if self.model is not None:

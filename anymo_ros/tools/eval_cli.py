@@ -203,12 +203,31 @@ def geometric_grouper(config: ClassifierConfig) -> TrackGrouper:
     return group
 
 
+def learned_grouper(config: ClassifierConfig) -> TrackGrouper:
+    """Static (0) / dynamic (1) groups from the learned classifier (``config.weights``, or the shipped
+    weights when empty), which sees every frame of the sequence as one window. Hopkins tracks carry
+    no tracker confidence: visible points get confidence 1.
+    """
+    from anymo_ros.classify.trajectory_transformer import LearnedTrackClassifier, shipped_weights_path
+
+    try:
+        classifier = LearnedTrackClassifier(config.weights or shipped_weights_path())
+    except FileNotFoundError as error:
+        raise EvaluationError(str(error)) from error
+
+    def group(xy: np.ndarray, visible: np.ndarray) -> np.ndarray:
+        probability = classifier.predict(np.nan_to_num(xy), visible, visible.astype(np.float32), _image_size_of(xy))
+        return (probability >= 0.5).astype(np.int64)
+
+    return group
+
+
 def track_grouper(backend: str, config: ClassifierConfig) -> TrackGrouper:
     """The trajectory grouping of a classifier backend; EvaluationError if it does not exist."""
     if backend == "geometric":
         return geometric_grouper(config)
-    if backend in TRACK_BACKENDS:
-        raise EvaluationError(f"classifier backend {backend} not available yet")
+    if backend == "learned":
+        return learned_grouper(config)
     raise EvaluationError(f"unknown classifier backend '{backend}' (choose from {', '.join(TRACK_BACKENDS)})")
 
 
