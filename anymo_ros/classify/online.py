@@ -18,24 +18,12 @@ from anymo_ros.classify.smoothing import ProbabilitySmoother
 from anymo_ros.config import ClassifierConfig
 from anymo_ros.window import WindowTracks, carry_over
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent.parent / "resource" / "trajectory_classifier.pt"
-
-
 def weights_path(config: ClassifierConfig) -> Path:
     """The learned classifier's weights: the configured file, or the one shipped in resource/."""
     if config.weights:
         return Path(config.weights).expanduser()
-    installed = _installed_resource()
-    return installed if installed is not None and installed.exists() else DEFAULT_WEIGHTS
-
-
-def _installed_resource() -> Path | None:
-    """resource/ of an installed package (share/anymo_ros), when ament_index can say where."""
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory("anymo_ros")) / "resource" / "trajectory_classifier.pt"
-    except Exception:  # not a ROS environment, or the package is not installed there
-        return None
+    from anymo_ros.classify.trajectory_transformer import shipped_weights_path
+    return shipped_weights_path()
 
 
 class LearnedScorer:
