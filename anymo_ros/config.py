@@ -34,7 +34,7 @@ class ClassifierConfig:
     weights: str = _param("", "Weights file for the learned classifier; empty means the file shipped in resource/.")
     residual_window: int = _param(12, "Frames of per-track residual history scored by the geometric classifier.")
     z_threshold: float = _param(8.0, "Residual significance (in noise sigmas) at which a track is half-way dynamic.")
-    smoothing: float = _param(0.35, "Weight of the newest probability in the per-track exponential smoothing.")
+    smoothing: float = _param(0.5, "Weight of the newest probability in the per-track exponential smoothing.")
     hysteresis_on: float = _param(0.6, "Smoothed probability above which a track turns dynamic.")
     hysteresis_off: float = _param(0.4, "Smoothed probability below which a dynamic track turns static again.")
 
@@ -44,7 +44,7 @@ class DensifyConfig:
     backend: str = _param("flow", "Dense mask backend: 'flow' (weight-free DIS flow residual, built in), 'sam2' or 'edgetam' (the paper's two-stage prompting of a streaming video segmenter; needs a checkpoint, see sam2.model).")
     flow_preset: str = _param("fast", "OpenCV DIS preset: 'ultrafast', 'fast' or 'medium'.")
     flow_scale: float = _param(1.0, "Scale of the flow field relative to processing resolution.")
-    evidence_decay: float = _param(0.6, "Weight of the warped previous motion map in the temporal accumulation.")
+    evidence_decay: float = _param(0.45, "Weight of the warped previous motion map in the temporal accumulation.")
     foreground_threshold: float = _param(0.6, "Accumulated motion probability above which a pixel can belong to an object.")
     min_object_tracks: int = _param(6, "Dynamic tracks an object needs before it is reported.")
     min_object_area: float = _param(0.002, "Smallest object area as a fraction of the image.")
