@@ -16,7 +16,7 @@ import numpy as np
 
 from anymo_ros.classify.online import OnlineTrackClassifier
 from anymo_ros.config import SegmenterConfig
-from anymo_ros.densify.flow import FlowResidualDensifier, warp_backward
+from anymo_ros.densify.flow import FlowResidualDensifier, quantise_colours, refine_with_colour, warp_backward
 from anymo_ros.devices import create_backends
 from anymo_ros.identity import Claim, IdentityTracker
 from anymo_ros.semantics import SemanticTrackCache
@@ -171,7 +171,7 @@ class MotionSegmenter:
             self._consume(update, small, gray, stamp, depth, features, scale, stage_times, events)
 
         tic = time.perf_counter()
-        label_image, objects = self._compose_output(width, height, scale, stamp)
+        label_image, objects = self._compose_output(image, scale, stamp)
         stage_times["output"] = time.perf_counter() - tic
         tracks = self._snapshot(scale)
         self._frame_index += 1
@@ -324,17 +324,24 @@ class MotionSegmenter:
             self._first_frame.setdefault(object_id, frame_index)
         return result.track_object
 
-    def _compose_output(self, width: int, height: int, scale: float,
+    def _compose_output(self, image: np.ndarray, scale: float,
                         stamp: float) -> tuple[np.ndarray, list[MovingObject]]:
+        height, width = image.shape[:2]
         labels_small = self._labels_small
         if labels_small is None or not labels_small.any():
             return np.zeros((height, width), np.uint16), []
-        # Upsample each mask softly, not the label grid, so boundaries are not blocky.
+        # Upsample each mask softly, not the label grid, so boundaries are not blocky; flow masks
+        # then have their boundary band re-decided by colour at full resolution (SAM2's are sharp).
         labels = np.zeros((height, width), np.uint16)
+        refine = self.models.prompting is None
+        if refine:
+            quantised = quantise_colours(image)
+            motion = cv2.resize(self.densifier.motion_map, (width, height), interpolation=cv2.INTER_LINEAR)
         for object_id in np.unique(labels_small[labels_small > 0]):
             soft = cv2.resize((labels_small == object_id).astype(np.float32), (width, height),
                               interpolation=cv2.INTER_LINEAR)
-            labels[soft > 0.5] = object_id
+            mask = soft > 0.5
+            labels[refine_with_colour(mask, quantised, motion) if refine else mask] = object_id
         dt = self._frame_interval
         objects = []
         for object_id in np.unique(labels[labels > 0]):

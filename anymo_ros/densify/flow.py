@@ -140,9 +140,9 @@ class FlowResidualDensifier:
         small_rgb = rgb if rgb.shape[:2] == (height, width) else cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
         cv2.watershed(np.ascontiguousarray(small_rgb), markers)
         regions = []
-        quantised = _quantise(small_rgb)
+        quantised = quantise_colours(small_rgb)
         for label, (_, rows) in enumerate(kept, start=2):
-            mask = _refine_with_colour(markers == label, quantised, self.motion_map)
+            mask = refine_with_colour(markers == label, quantised, self.motion_map)
             mask = ndimage.binary_fill_holes(mask)
             if mask.sum() >= min_area:
                 regions.append(Region(mask, rows))
@@ -167,13 +167,13 @@ class FlowResidualDensifier:
         return markers
 
 
-def _quantise(rgb: np.ndarray) -> np.ndarray:
+def quantise_colours(rgb: np.ndarray) -> np.ndarray:
     """Colour bin (16 levels per channel) of every pixel."""
     q = (rgb >> 4).astype(np.int32)
     return (q[..., 0] << 8) | (q[..., 1] << 4) | q[..., 2]
 
 
-def _refine_with_colour(mask: np.ndarray, quantised: np.ndarray, motion_map: np.ndarray) -> np.ndarray:
+def refine_with_colour(mask: np.ndarray, quantised: np.ndarray, motion_map: np.ndarray) -> np.ndarray:
     """Re-decide a band around the mask boundary from colour histograms of the object's inside
     and its surroundings, weighted by the motion evidence: boundaries follow the object's
     colours where flow and tracks are too coarse to place them."""
