@@ -24,6 +24,8 @@ OVERRIDE_ARGUMENTS = {
     "classifier": ("pipeline.classifier.backend", "Track classifier backend: geometric or learned."),
     "densify": ("pipeline.densify.backend", "Dense mask backend: flow, sam2 or edgetam."),
     "depth": ("pipeline.depth.backend", "Depth source: none, sensor or depth_anything."),
+    "depth_topic": ("depth_topic", "Depth image topic (16UC1 mm or 32FC1 m) to pair with the camera."),
+    "autostart": ("autostart", "true: configure and activate at start; false: wait for lifecycle transitions."),
     "semantics": ("pipeline.semantics.backend", "Per-track semantics: none or dinov2."),
 }
 

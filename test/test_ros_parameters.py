@@ -12,7 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_YAML = REPO_ROOT / "config" / "default.yaml"
 LAUNCH_FILE = REPO_ROOT / "launch" / "segment.launch.py"
 LAUNCH_ARGUMENTS = {"camera", "config", "device", "namespace", "overlay", "use_compressed",
-                    "tracker", "classifier", "densify", "depth", "semantics"}
+                    "tracker", "classifier", "densify", "depth", "semantics", "depth_topic", "autostart"}
 
 
 def all_parameter_names() -> set[str]:

@@ -17,16 +17,21 @@ class StatsSnapshot:
     period: float                       # seconds covered by the rates
     received: int                       # totals since start
     processed: int
-    dropped: int
+    dropped: int                        # all frames dropped for lack of time, including...
+    dropped_waiting_for_depth: int      # ...those given up waiting for a depth pair
+    not_active: int                     # frames not processed because the node was not active
+    with_depth: int                     # frames processed with a depth image
     bad_input: dict[str, int]
     last_bad_input: str
+    bad_depth: dict[str, int]           # depth images that could not be used (frame processed without)
+    last_bad_depth: str
     pipeline_events: int                # window resets and input problems the pipeline reported
     last_pipeline_event: str
     input_rate: float                   # Hz over the period
     output_rate: float
     latency_percentiles: tuple[float, float] | None     # end-to-end (p50, p95) in s, recent frames
     processing_percentiles: tuple[float, float] | None  # pipeline time (p50, p95) in s
-    new_problems: bool                  # bad input or pipeline events during the period
+    new_problems: bool                  # bad input, bad depth or pipeline events during the period
 
 
 class NodeStatistics:
@@ -36,14 +41,18 @@ class NodeStatistics:
         self._lock = threading.Lock()
         self._received = 0
         self._processed = 0
+        self._not_active = 0
+        self._with_depth = 0
         self._bad_input: Counter[str] = Counter()
         self._last_bad_input = ""
+        self._bad_depth: Counter[str] = Counter()
+        self._last_bad_depth = ""
         self._pipeline_events = 0
         self._last_pipeline_event = ""
         self._latency: deque[float] = deque(maxlen=latency_samples)
         self._processing: deque[float] = deque(maxlen=latency_samples)
         self._period_start = time.monotonic()
-        self._period_counts = (0, 0, 0, 0)  # received, processed, bad input, pipeline events at period start
+        self._period_counts = (0, 0, 0, 0)  # received, processed, bad input + depth, pipeline events at period start
 
     def on_received(self) -> int:
         """Count a new image; returns its frame index."""
@@ -51,9 +60,15 @@ class NodeStatistics:
             self._received += 1
             return self._received - 1
 
-    def on_processed(self, latency: float, processing_time: float) -> None:
+    def on_not_active(self, count: int = 1) -> None:
+        """Frames that arrived, or were still waiting, while the node was not active."""
+        with self._lock:
+            self._not_active += count
+
+    def on_processed(self, latency: float, processing_time: float, with_depth: bool = False) -> None:
         with self._lock:
             self._processed += 1
+            self._with_depth += with_depth
             self._latency.append(latency)
             self._processing.append(processing_time)
 
@@ -62,24 +77,33 @@ class NodeStatistics:
             self._bad_input[kind] += 1
             self._last_bad_input = f"{kind}: {reason}"
 
+    def on_bad_depth(self, kind: str, reason: str) -> None:
+        with self._lock:
+            self._bad_depth[kind] += 1
+            self._last_bad_depth = f"{kind}: {reason}"
+
     def on_pipeline_event(self, event: str) -> None:
         with self._lock:
             self._pipeline_events += 1
             self._last_pipeline_event = event
 
-    def snapshot(self, dropped: int) -> StatsSnapshot:
+    def snapshot(self, dropped: int, dropped_waiting_for_depth: int = 0) -> StatsSnapshot:
         """Totals, plus rates since the previous snapshot (which starts a new period).
 
-        ``dropped`` comes from the mailbox, which counts replaced frames atomically with the swap.
+        The drop counts come from where frames are dropped: the mailbox counts replaced frames
+        atomically with the swap, and the depth pairing counts images given up (part of ``dropped``).
         """
         with self._lock:
             now = time.monotonic()
             period = max(now - self._period_start, 1e-6)
-            bad_total = sum(self._bad_input.values())
+            bad_total = sum(self._bad_input.values()) + sum(self._bad_depth.values())
             received0, processed0, bad0, events0 = self._period_counts
             snapshot = StatsSnapshot(
                 period=period, received=self._received, processed=self._processed, dropped=dropped,
+                dropped_waiting_for_depth=dropped_waiting_for_depth, not_active=self._not_active,
+                with_depth=self._with_depth,
                 bad_input=dict(self._bad_input), last_bad_input=self._last_bad_input,
+                bad_depth=dict(self._bad_depth), last_bad_depth=self._last_bad_depth,
                 pipeline_events=self._pipeline_events, last_pipeline_event=self._last_pipeline_event,
                 input_rate=(self._received - received0) / period,
                 output_rate=(self._processed - processed0) / period,
@@ -105,17 +129,30 @@ def _ms(percentiles: tuple[float, float] | None) -> tuple[str, str]:
     return f"{percentiles[0] * 1e3:.1f}", f"{percentiles[1] * 1e3:.1f}"
 
 
-def diagnostic_status(name: str, snapshot: StatsSnapshot, input_topic: str,
-                      backends: dict[str, str], fallbacks: list[str]) -> DiagnosticStatus:
-    """One DiagnosticStatus: WARN while bad input or pipeline events (resets) happen, or while a
-    configured backend runs on its fallback; OK otherwise."""
+def diagnostic_status(name: str, snapshot: StatsSnapshot, input_topic: str, backends: dict[str, str],
+                      fallbacks: list[str], state: str = "active", depth_input: str = "") -> DiagnosticStatus:
+    """One DiagnosticStatus: WARN while bad input, bad depth or pipeline events (resets) happen, or
+    while a configured backend runs on its fallback; OK otherwise (also while not active: that is
+    a state asked for). ``state`` is the lifecycle state; ``depth_input`` describes the depth
+    subscription, empty when there is none."""
     latency_p50, latency_p95 = _ms(snapshot.latency_percentiles)
     processing_p50, processing_p95 = _ms(snapshot.processing_percentiles)
+    depth_values = {
+        "frames with depth": str(snapshot.with_depth),
+        "frames dropped waiting for depth": str(snapshot.dropped_waiting_for_depth),
+        "bad depth": str(sum(snapshot.bad_depth.values())),
+        **{f"bad depth: {kind}": str(count) for kind, count in sorted(snapshot.bad_depth.items())},
+        "last bad depth": snapshot.last_bad_depth,
+    } if depth_input else {}
     values = {
+        "lifecycle state": state,
         "input topic": input_topic,
+        "depth input": depth_input or "none",
         "frames received": str(snapshot.received),
         "frames processed": str(snapshot.processed),
         "frames dropped": str(snapshot.dropped),
+        "frames not processed (not active)": str(snapshot.not_active),
+        **depth_values,
         "input rate (Hz)": f"{snapshot.input_rate:.2f}",
         "output rate (Hz)": f"{snapshot.output_rate:.2f}",
         "latency p50 (ms)": latency_p50,
@@ -130,7 +167,9 @@ def diagnostic_status(name: str, snapshot: StatsSnapshot, input_topic: str,
         **{f"backend: {stage}": backend for stage, backend in backends.items()},
         **{f"fallback {index + 1}": reason for index, reason in enumerate(fallbacks)},
     }
-    if snapshot.received == 0:
+    if state != "active":
+        level, message = DiagnosticStatus.OK, f"{state}: not processing ({snapshot.not_active} frames not processed)"
+    elif snapshot.received == 0:
         level, message = DiagnosticStatus.OK, f"waiting for images on {input_topic}"
     else:
         level = DiagnosticStatus.WARN if snapshot.new_problems or fallbacks else DiagnosticStatus.OK

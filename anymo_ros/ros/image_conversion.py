@@ -1,4 +1,4 @@
-"""sensor_msgs/Image and CompressedImage <-> numpy, without cv_bridge.
+"""sensor_msgs/Image and CompressedImage <-> numpy, without cv_bridge; depth images -> metres.
 
 cv_bridge is avoided on purpose: its PyPI port maps 16-bit encodings to 8-bit types. Input
 functions accept any object with the message's fields, so they are testable without ROS.
@@ -12,7 +12,10 @@ import cv2
 import numpy as np
 from sensor_msgs.msg import Image
 
-# encoding -> (channel type, channels); mono16 is our label output, decoded by subscribers.
+from anymo_ros.depth.sensor import SUPPORTED_ENCODINGS as DEPTH_ENCODINGS
+from anymo_ros.depth.sensor import DepthError, depth_to_metres, fit_depth_to_frame
+
+# encoding -> (channel type, channels); mono16 is our label output (and a depth encoding).
 _LAYOUTS = {
     "rgb8": (np.uint8, 3),
     "bgr8": (np.uint8, 3),
@@ -20,6 +23,8 @@ _LAYOUTS = {
     "bgra8": (np.uint8, 4),
     "mono8": (np.uint8, 1),
     "mono16": (np.uint16, 1),
+    "16UC1": (np.uint16, 1),
+    "32FC1": (np.float32, 1),
 }
 # colour encodings the node accepts, and the conversion of each to RGB (None: already RGB)
 _TO_RGB = {
@@ -78,6 +83,25 @@ def image_to_rgb(msg) -> np.ndarray:
     return np.ascontiguousarray(pixels) if conversion is None else cv2.cvtColor(pixels, conversion)
 
 
+def depth_image_to_metres(msg, frame_size: tuple[int, int]) -> tuple[np.ndarray, str | None]:
+    """A depth sensor_msgs/Image (16UC1 or mono16 in mm, 32FC1 in m) as float32 metres at the colour
+    frame's (width, height), NaN where there is no measurement (0, NaN, inf, <= 0); plus a note
+    when it is usable but was resized or is mostly invalid.
+
+    Raises ImageConversionError for a message that cannot be read (kinds as ``image_to_array``),
+    a depth image not registered to the colour frame ('size_mismatch': another aspect ratio), or
+    one without a single valid pixel ('no_valid_depth').
+    """
+    metres = depth_to_metres(image_to_array(msg, DEPTH_ENCODINGS), msg.encoding)
+    try:
+        metres, note = fit_depth_to_frame(metres, frame_size)
+    except DepthError as error:
+        raise ImageConversionError("size_mismatch", str(error)) from error
+    if not np.isfinite(metres).any():
+        raise ImageConversionError("no_valid_depth", note)
+    return metres, note
+
+
 def compressed_to_rgb(msg) -> np.ndarray:
     """A sensor_msgs/CompressedImage (JPEG, PNG, ...) as RGB uint8 (H, W, 3)."""
     if len(msg.data) == 0:
@@ -90,7 +114,8 @@ def compressed_to_rgb(msg) -> np.ndarray:
 
 
 def array_to_image(pixels: np.ndarray, encoding: str, header) -> Image:
-    """A sensor_msgs/Image holding ``pixels`` (uint8 for *8 encodings, uint16 for mono16), unpadded."""
+    """A sensor_msgs/Image holding ``pixels`` (uint8 for *8 encodings, uint16 for mono16 and 16UC1,
+    float32 for 32FC1), unpadded."""
     channel_type, channels = _LAYOUTS[encoding]
     expected_ndim = 3 if channels > 1 else 2
     if pixels.dtype != channel_type or pixels.ndim != expected_ndim or (channels > 1 and pixels.shape[2] != channels):

@@ -30,6 +30,12 @@ class NodeSettings:
         "/camera/image_raw", "Camera topic (sensor_msgs/Image); with use_compressed, '<image_topic>/compressed'.")
     use_compressed: bool = _setting(
         False, "Subscribe to sensor_msgs/CompressedImage on '<image_topic>/compressed' instead of raw images.")
+    depth_topic: str = _setting(
+        "", "Depth image topic (sensor_msgs/Image, 16UC1 in mm or 32FC1 in m), paired with the camera image "
+            "by stamp (message_filters); empty: no depth. While no depth image pairs up, images are "
+            "processed without depth.")
+    depth_sync_slop: float = _setting(
+        0.02, "Largest stamp difference (s) between a camera image and the depth image paired with it.")
     reliable_input: bool = _setting(
         False, "Reliable input QoS (needed for reliable-only publishers); default best effort, newest frame only.")
     publish_overlay: bool = _setting(
@@ -37,6 +43,9 @@ class NodeSettings:
     publish_tracks: bool = _setting(
         True, "Publish the point tracks on moving_objects/tracks (only while it has subscribers).")
     diagnostics_period: float = _setting(1.0, "Seconds between two /diagnostics messages.")
+    autostart: bool = _setting(
+        True, "Configure and activate at start-up. false: stay unconfigured until lifecycle transitions "
+              "arrive on <node>/change_state (configure loads the models, activate starts processing).")
 
 
 def node_parameter_items() -> list[tuple[str, Any, str]]:
