@@ -11,6 +11,7 @@ import scipy.io
 
 from anymo_ros.config import ClassifierConfig
 from anymo_ros.tools import eval_cli
+from anymo_ros.tools.metrics import misclassification_rate
 from anymo_ros.tools.datasets import DatasetError, discover_sequences, find_hopkins_files, load_hopkins
 from anymo_ros.tools.eval_cli import EvaluationError, evaluate_root, evaluate_sequence, evaluate_tracks, main
 from anymo_ros.types import SegmentationResult, TrackSnapshot
@@ -306,11 +307,11 @@ def synthetic_tracks(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return xy, visible, np.repeat([1, 2], [150, 50])
 
 
-def test_geometric_grouper_returns_one_static_or_dynamic_group_per_track():
-    # Only the wiring is checked here: how well the classifier separates motions is its own concern.
-    xy, visible, _ = synthetic_tracks()
+def test_geometric_grouper_separates_the_moving_group():
+    xy, visible, labels = synthetic_tracks()
     groups = eval_cli.track_grouper("geometric", ClassifierConfig())(xy, visible)
     assert groups.shape == (200,) and set(np.unique(groups)) <= {0, 1}
+    assert misclassification_rate(groups, labels) < 0.05
 
 
 def test_tracks_command(tmp_path, capsys):
@@ -321,8 +322,11 @@ def test_tracks_command(tmp_path, capsys):
     assert "geometric err" in capsys.readouterr().out
     saved = json.loads(report.read_text())
     assert saved["sequences"][0]["sequence"] == "pan" and 0.0 <= saved["mean"]["geometric"] <= 1.0
-    assert main(["tracks", str(tmp_path), "--classifier", "learned"]) == 2
-    assert "classifier backend learned not available yet" in capsys.readouterr().err
+    missing = tmp_path / "no_weights.pt"
+    config = tmp_path / "learned.yaml"
+    config.write_text(f"classifier:\n  weights: {missing}\n")
+    assert main(["tracks", str(tmp_path), "--classifier", "learned", "--config", str(config)]) == 2
+    assert f"weights not found: {missing}" in capsys.readouterr().err
 
 
 def test_help_describes_the_commands(capsys):
