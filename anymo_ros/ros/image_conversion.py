@@ -1,7 +1,8 @@
 """sensor_msgs/Image and CompressedImage <-> numpy, without cv_bridge; depth images -> metres.
 
 cv_bridge is avoided on purpose: its PyPI port maps 16-bit encodings to 8-bit types. Input
-functions accept any object with the message's fields, so they are testable without ROS.
+functions accept any object with the message's fields (rclpy's or rosbags'), so they also serve
+the bag tools without ROS; only ``array_to_image`` needs sensor_msgs.
 """
 from __future__ import annotations
 
@@ -10,13 +11,12 @@ import sys
 
 import cv2
 import numpy as np
-from sensor_msgs.msg import Image
 
 from anymo_ros.depth.sensor import SUPPORTED_ENCODINGS as DEPTH_ENCODINGS
 from anymo_ros.depth.sensor import DepthError, depth_to_metres, fit_depth_to_frame
 
 # encoding -> (channel type, channels); mono16 is our label output (and a depth encoding).
-_LAYOUTS = {
+LAYOUTS = {
     "rgb8": (np.uint8, 3),
     "bgr8": (np.uint8, 3),
     "rgba8": (np.uint8, 4),
@@ -46,7 +46,7 @@ class ImageConversionError(ValueError):
         self.kind = kind
 
 
-def image_to_array(msg, encodings=tuple(_LAYOUTS)) -> np.ndarray:
+def image_to_array(msg, encodings=tuple(LAYOUTS)) -> np.ndarray:
     """Pixels of a sensor_msgs/Image as (H, W) or (H, W, C) in native byte order.
 
     Honours ``step`` (row padding) and ``is_bigendian``; raises ImageConversionError for an
@@ -56,7 +56,7 @@ def image_to_array(msg, encodings=tuple(_LAYOUTS)) -> np.ndarray:
         raise ImageConversionError(
             "unsupported_encoding",
             f"unsupported encoding '{msg.encoding}' (supported: {', '.join(encodings)})")
-    channel_type, channels = _LAYOUTS[msg.encoding]
+    channel_type, channels = LAYOUTS[msg.encoding]
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
         raise ImageConversionError("empty", f"empty image ({width}x{height})")
@@ -113,13 +113,15 @@ def compressed_to_rgb(msg) -> np.ndarray:
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
-def array_to_image(pixels: np.ndarray, encoding: str, header) -> Image:
+def array_to_image(pixels: np.ndarray, encoding: str, header) -> "Image":
     """A sensor_msgs/Image holding ``pixels`` (uint8 for *8 encodings, uint16 for mono16 and 16UC1,
     float32 for 32FC1), unpadded."""
-    channel_type, channels = _LAYOUTS[encoding]
+    channel_type, channels = LAYOUTS[encoding]
     expected_ndim = 3 if channels > 1 else 2
     if pixels.dtype != channel_type or pixels.ndim != expected_ndim or (channels > 1 and pixels.shape[2] != channels):
         raise ValueError(f"cannot store {pixels.dtype} pixels of shape {pixels.shape} as {encoding}")
+    from sensor_msgs.msg import Image
+
     pixels = np.ascontiguousarray(pixels)
     msg = Image()
     msg.header = header

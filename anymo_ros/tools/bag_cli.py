@@ -33,6 +33,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 from tqdm import tqdm
 
+from anymo_ros.ros.image_conversion import LAYOUTS, compressed_to_rgb, image_to_array, image_to_rgb
 from anymo_ros.ros.overlay import render_overlay
 from anymo_ros.tools.datasets import (
     DEFAULT_FPS, FRAME_SUFFIXES, DatasetError, Sequence, _natural_key, discover_sequences)
@@ -53,17 +54,11 @@ DISCOVERY_TIMEOUT = 20.0
 DISCOVERY_SETTLE = 0.5
 
 # encoding -> (channel type, channels), for the images these tools write and read
-_LAYOUTS = {
-    "rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "rgba8": (np.uint8, 4), "bgra8": (np.uint8, 4),
-    "mono8": (np.uint8, 1), "mono16": (np.uint16, 1),
-}
-_FROM_RGB = {"rgb8": None, "bgr8": cv2.COLOR_RGB2BGR, "mono8": cv2.COLOR_RGB2GRAY}
-_TO_RGB = {"rgb8": None, "bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB,
-           "mono8": cv2.COLOR_GRAY2RGB}
-
 
 class BagError(Exception):
     """A bag, frame or video cannot be converted, read or replayed; the message names the file."""
+
+_FROM_RGB = {"rgb8": None, "bgr8": cv2.COLOR_RGB2BGR, "mono8": cv2.COLOR_RGB2GRAY}
 
 
 # --- message types and images --------------------------------------------------------------------
@@ -109,7 +104,7 @@ def format_stamp(stamp_ns: int) -> str:
 def image_message(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: str):
     """A rosbags sensor_msgs/Image of ``pixels`` ((H, W) or (H, W, C); uint16 for mono16, else
     uint8), unpadded and little-endian."""
-    channel_type, channels = _LAYOUTS[encoding]
+    channel_type, channels = LAYOUTS[encoding]
     if pixels.dtype != channel_type or pixels.shape[2:] != ((channels,) if channels > 1 else ()):
         raise ValueError(f"cannot store {pixels.dtype} pixels of shape {pixels.shape} as {encoding}")
     types = bag_typestore().types
@@ -120,36 +115,6 @@ def image_message(pixels: np.ndarray, encoding: str, stamp_ns: int, frame_id: st
     data = np.ascontiguousarray(pixels, pixels.dtype.newbyteorder("<")).view(np.uint8).reshape(-1)
     return types[IMAGE_TYPE](header=header, height=height, width=width, encoding=encoding, is_bigendian=0,
                              step=width * channels * pixels.itemsize, data=data)
-
-
-def image_pixels(msg) -> np.ndarray:
-    """Pixels of a sensor_msgs/Image, (H, W) or (H, W, C) in native byte order; honours step and
-    is_bigendian. Raises ValueError for an unknown encoding or inconsistent sizes."""
-    if msg.encoding not in _LAYOUTS:
-        raise ValueError(f"unsupported encoding '{msg.encoding}' (supported: {', '.join(_LAYOUTS)})")
-    channel_type, channels = _LAYOUTS[msg.encoding]
-    dtype = np.dtype(channel_type).newbyteorder(">" if msg.is_bigendian else "<")
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    row_bytes = width * channels * dtype.itemsize
-    if height == 0 or width == 0 or step < row_bytes or len(msg.data) < step * height:
-        raise ValueError(f"inconsistent {width}x{height} {msg.encoding} image: step {step}, {len(msg.data)} bytes")
-    rows = np.asarray(msg.data[:step * height]).reshape(height, step)[:, :row_bytes]
-    shape = (height, width, channels) if channels > 1 else (height, width)
-    return np.ascontiguousarray(rows).view(dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
-
-
-def _message_rgb(msgtype: str, msg) -> np.ndarray:
-    """An Image (node input encodings) or CompressedImage as RGB uint8 (H, W, 3)."""
-    if msgtype == COMPRESSED_TYPE:
-        decoded = cv2.imdecode(np.asarray(msg.data, np.uint8), cv2.IMREAD_COLOR)
-        if decoded is None:
-            raise ValueError(f"cannot decode {len(msg.data)} bytes of compressed image (format '{msg.format}')")
-        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
-    if msg.encoding not in _TO_RGB:
-        raise ValueError(f"unsupported encoding '{msg.encoding}' (supported: {', '.join(_TO_RGB)})")
-    pixels = image_pixels(msg)
-    conversion = _TO_RGB[msg.encoding]
-    return pixels if conversion is None else cv2.cvtColor(pixels, conversion)
 
 
 # --- reading bags ---------------------------------------------------------------------------------
@@ -212,7 +177,7 @@ def read_images(bag: Path, topic: str = DEFAULT_IMAGE_TOPIC) -> Iterator[tuple[i
     with TopicReader(bag, topic, (IMAGE_TYPE, COMPRESSED_TYPE)) as reader:
         for record in reader:
             try:
-                rgb = _message_rgb(reader.msgtype, record.msg)
+                rgb = compressed_to_rgb(record.msg) if reader.msgtype == COMPRESSED_TYPE else image_to_rgb(record.msg)
             except ValueError as error:
                 raise BagError(f"{reader.describe(record.msg)}: {error}") from error
             yield _stamp_ns(record.msg.header.stamp), rgb
@@ -235,7 +200,7 @@ def read_results(bag: Path, topic: str = DEFAULT_MASKS_TOPIC) -> Iterator[Record
             try:
                 if msg.labels.encoding != "mono16":
                     raise ValueError(f"labels have encoding '{msg.labels.encoding}', expected mono16")
-                labels = image_pixels(msg.labels)
+                labels = image_to_array(msg.labels)
             except ValueError as error:
                 raise BagError(f"{reader.describe(msg)}: {error}") from error
             yield RecordedResult(_stamp_ns(msg.header.stamp), labels, float(msg.processing_latency))
