@@ -53,12 +53,12 @@ DISCOVERY_TIMEOUT = 20.0
 # and a frame published before it would be lost.
 DISCOVERY_SETTLE = 0.5
 
-# encoding -> (channel type, channels), for the images these tools write and read
+# encodings frames can be stored in, and the conversion from RGB to each (None: already RGB)
+_FROM_RGB = {"rgb8": None, "bgr8": cv2.COLOR_RGB2BGR, "mono8": cv2.COLOR_RGB2GRAY}
+
 
 class BagError(Exception):
     """A bag, frame or video cannot be converted, read or replayed; the message names the file."""
-
-_FROM_RGB = {"rgb8": None, "bgr8": cv2.COLOR_RGB2BGR, "mono8": cv2.COLOR_RGB2GRAY}
 
 
 # --- message types and images --------------------------------------------------------------------
