@@ -16,7 +16,13 @@ import numpy as np
 
 from anymo_ros.classify.online import OnlineTrackClassifier
 from anymo_ros.config import SegmenterConfig
-from anymo_ros.densify.flow import FlowResidualDensifier, quantise_colours, refine_with_colour, warp_backward
+from anymo_ros.densify.flow import (
+    FlowResidualDensifier,
+    colour_band,
+    quantise_colours,
+    refine_with_colour,
+    warp_backward,
+)
 from anymo_ros.devices import create_backends
 from anymo_ros.identity import Claim, IdentityTracker
 from anymo_ros.semantics import SemanticTrackCache
@@ -335,13 +341,23 @@ class MotionSegmenter:
         labels = np.zeros((height, width), np.uint16)
         refine = self.models.prompting is None
         if refine:
-            quantised = quantise_colours(image)
             motion = cv2.resize(self.densifier.motion_map, (width, height), interpolation=cv2.INTER_LINEAR)
+            band = colour_band((height, width))
         for object_id in np.unique(labels_small[labels_small > 0]):
             soft = cv2.resize((labels_small == object_id).astype(np.float32), (width, height),
                               interpolation=cv2.INTER_LINEAR)
             mask = soft > 0.5
-            labels[refine_with_colour(mask, quantised, motion) if refine else mask] = object_id
+            if refine:
+                # Only the object's surroundings matter: refine inside its box plus the colour ring.
+                ys, xs = np.nonzero(mask)
+                margin = 3 * band + 2
+                y0, y1 = max(ys.min() - margin, 0), min(ys.max() + margin + 1, height)
+                x0, x1 = max(xs.min() - margin, 0), min(xs.max() + margin + 1, width)
+                crop = (slice(y0, y1), slice(x0, x1))
+                refined = np.zeros_like(mask)
+                refined[crop] = refine_with_colour(mask[crop], quantise_colours(image[crop]), motion[crop], band)
+                mask = refined
+            labels[mask] = object_id
         dt = self._frame_interval
         objects = []
         for object_id in np.unique(labels[labels > 0]):

@@ -173,11 +173,18 @@ def quantise_colours(rgb: np.ndarray) -> np.ndarray:
     return (q[..., 0] << 8) | (q[..., 1] << 4) | q[..., 2]
 
 
-def refine_with_colour(mask: np.ndarray, quantised: np.ndarray, motion_map: np.ndarray) -> np.ndarray:
+def colour_band(shape: tuple[int, int]) -> int:
+    """Half-width (px) of the boundary band that colour re-decides, for an image of ``shape``."""
+    return max(3, round(0.015 * max(shape)))
+
+
+def refine_with_colour(mask: np.ndarray, quantised: np.ndarray, motion_map: np.ndarray,
+                       size: int | None = None) -> np.ndarray:
     """Re-decide a band around the mask boundary from colour histograms of the object's inside
     and its surroundings, weighted by the motion evidence: boundaries follow the object's
-    colours where flow and tracks are too coarse to place them."""
-    size = max(3, round(0.015 * max(mask.shape)))
+    colours where flow and tracks are too coarse to place them. ``size`` is the band's
+    half-width (default: ``colour_band`` of the arrays given)."""
+    size = size or colour_band(mask.shape)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * size + 1, 2 * size + 1))
     mask_u8 = mask.astype(np.uint8)
     inner = cv2.erode(mask_u8, kernel) > 0
