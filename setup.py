@@ -26,6 +26,8 @@ setup(
             "anymo-bag = anymo_ros.tools.bag_cli:main",
             "anymo-demo = anymo_ros.tools.demo:main",
             "anymo-bench = anymo_ros.tools.benchmark:main",
+            "anymo-train-classifier = anymo_ros.tools.train_classifier:main",
+            "anymo-eval-classifier = anymo_ros.tools.eval_classifier:main",
         ],
     },
 )

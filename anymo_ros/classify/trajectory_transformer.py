@@ -20,6 +20,19 @@ neither invisible steps nor padded tracks can change any other output.
 Cost: the attention across tracks grows as N^2 * T and dominates on a CPU; about 0.3 s for
 1024 tracks x 16 frames on 2 cores, a tenth of that for 256 tracks
 (``python -m anymo_ros.tools.bench_classifier``).
+
+Two optional additions (both off in the default, paper-size config) make a fast variant possible
+(the shipped one is ``training.FAST_MODEL``):
+
+* ``track_anchors`` M > 0: every attention across tracks goes through M learned anchor tokens
+  (the Set Transformer's induced set attention; the SegAnyMo code has a similar "virtual track"
+  option that its released model does not use): the anchors attend to the tracks, the tracks
+  to the anchors, O(N * M) instead of O(N^2). Masking and permutation equivariance hold as for
+  full attention.
+* ``ego_motion_inputs``: three weight-free input channels per step, the step's departure from
+  the camera motion fitted to all tracks of the frame (a homography and an epipolar
+  geometry, robust least squares). A small model trained for an hour on a CPU cannot learn that
+  geometry from the coordinates alone; given the residuals it learns when to trust which.
 """
 from __future__ import annotations
 
@@ -32,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anymo_ros.classify.features import FEATURE_DIM, track_features
+from anymo_ros.classify.features import FEATURE_DIM, NUM_FREQUENCIES, track_features
 
 
 @dataclass
@@ -55,6 +68,8 @@ class TrajectoryTransformerConfig:
     dropout: float = 0.1
     track_anchors: int = 0                # 0: full attention across tracks (the paper); M > 0: through M
                                           # learned anchor tokens, O(N * M) instead of O(N^2) per frame
+    ego_motion_inputs: bool = False       # add each step's departure from the fitted camera motion to
+                                          # the input features (not in the paper)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -265,6 +280,130 @@ class _DecoupledDecoderBlock(nn.Module):
         return self.norm_ffn(x + self.dropout(self.ffn(x)))
 
 
+_ENCODED_PAIR = 2 * (2 * NUM_FREQUENCIES + 1)   # channels of one frequency-encoded (x, y) pair
+_POSITION = slice(0, 2)                           # the raw (u, v): each encoding starts with its input
+_STEP = slice(_ENCODED_PAIR, _ENCODED_PAIR + 2)   # the raw (du, dv) to the next frame
+
+
+class _EgoMotionResiduals(nn.Module):
+    """Weight-free extra inputs: how far each step departs from the camera motion of its frame.
+
+    For every frame, two models of the static scene's motion to the next frame are fitted to the
+    steps of all valid tracks: a homography (exact for a turning or zooming camera, or a distant
+    scene) and an epipolar geometry (any rigid scene seen by a moving camera).
+    The fits are iteratively reweighted least squares that discount steps far off the model, so
+    the moving minority barely shapes them. Each step gets its homography residual (x, y) and its
+    epipolar (Sampson) distance in units of the frame's robust residual scale, log-compressed.
+    Steps without a next observation, and all steps of a frame with too few tracks for the fits,
+    get zeros.
+
+    The fits only see valid steps and sum over tracks, so invalid steps and padding tracks
+    influence nothing and the order of tracks does not matter. They are inputs, not learned:
+    no gradient flows through them.
+    """
+
+    channels = 3
+    iterations = 2   # a least-squares fit, then one reweighted fit
+    min_points = 16  # per frame; the epipolar fit has 8 unknowns
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, N, T, input_dim) features and (B, N, T) validity -> (B, N, T, 3)."""
+        batch, tracks, window, _ = features.shape
+        with torch.no_grad():
+            paired = torch.zeros_like(valid)
+            paired[..., :-1] = valid[..., :-1] & valid[..., 1:]
+            # One point set per (clip, frame). Fewer points than min_points leave the models
+            # underdetermined: those frames get no residuals.
+            paired = paired.transpose(1, 2).reshape(batch * window, tracks)
+            paired &= paired.sum(dim=1, keepdim=True) >= self.min_points
+
+            def per_frame(channel: int) -> torch.Tensor:
+                # Double precision: the fits' normal equations must resolve residuals of a
+                # thousandth of the image.
+                values = features[..., channel].transpose(1, 2).reshape(batch * window, tracks).double()
+                return torch.where(paired, values, 0.0)
+
+            x, y = per_frame(_POSITION.start), per_frame(_POSITION.start + 1)
+            u, v = x + per_frame(_STEP.start), y + per_frame(_STEP.start + 1)
+            flow_x, flow_y, epipolar = _fit_frame_motion(x, y, u, v, paired, self.iterations)
+            residuals = torch.stack((flow_x.sign() * flow_x.abs().log1p(), flow_y.sign() * flow_y.abs().log1p(),
+                                     epipolar.log1p()), -1)
+            residuals = torch.where(paired.unsqueeze(-1), residuals, 0.0).float()
+        return residuals.view(batch, window, tracks, self.channels).transpose(1, 2)
+
+
+# The fits below work on point sets (S, N) of coordinates, one tensor per coordinate: products of
+# whole tensors are much faster on a CPU than reductions and matrix products over axes of size 3.
+
+
+def _fit_frame_motion(
+    x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, paired: torch.Tensor, iterations: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scaled residuals of the point pairs (x, y) -> (u, v), each (S, N): the homography's in x and
+    y, and the epipolar (Sampson) distance."""
+    weight = paired.double()
+    x, y = _normalise_points(x, y, weight)
+    u, v = _normalise_points(u, v, weight)
+    one, zero = torch.ones_like(x), torch.zeros_like(x)
+    # Linear constraints (S, 9, K) on the 9 entries of each matrix, one column per point (two for
+    # the homography): the weights change from fit to fit, the constraints do not.
+    homography_rows = torch.cat((torch.stack((-x, -y, -one, zero, zero, zero, u * x, u * y, u), 1),
+                                 torch.stack((zero, zero, zero, -x, -y, -one, v * x, v * y, v), 1)), dim=2)
+    epipolar_rows = torch.stack((u * x, u * y, u, v * x, v * y, v, x, y, one), 1)
+    homography_weight = epipolar_weight = weight
+    for _ in range(iterations):
+        h = _null_vector(homography_rows, homography_weight.repeat(1, 2)).unsqueeze(-1)
+        mapped_w = h[:, 6] * x + h[:, 7] * y + h[:, 8]
+        mapped_w = torch.where(mapped_w.abs() < 1e-12, 1e-12, mapped_w)
+        flow_x = u - (h[:, 0] * x + h[:, 1] * y + h[:, 2]) / mapped_w
+        flow_y = v - (h[:, 3] * x + h[:, 4] * y + h[:, 5]) / mapped_w
+        epipolar = _sampson_distance(x, y, u, v, _null_vector(epipolar_rows, epipolar_weight))
+        scale = _robust_scale((flow_x.square() + flow_y.square()).sqrt(), paired)
+        flow_x, flow_y = flow_x / scale, flow_y / scale
+        epipolar = epipolar / _robust_scale(epipolar, paired)
+        # Cauchy weights: a step a few scales off the fitted motion barely counts in the next fit.
+        homography_weight = weight / (1.0 + 0.25 * (flow_x.square() + flow_y.square()))
+        epipolar_weight = weight / (1.0 + 0.25 * epipolar.square())
+    return flow_x, flow_y, epipolar
+
+
+def _normalise_points(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hartley's conditioning: the weighted points centred, at a mean distance of sqrt(2)."""
+    count = weight.sum(1, keepdim=True).clamp_min(1.0)
+    x = x - (x * weight).sum(1, keepdim=True) / count
+    y = y - (y * weight).sum(1, keepdim=True) / count
+    spread = ((x.square() + y.square()).sqrt() * weight).sum(1, keepdim=True) / count
+    factor = 2.0 ** 0.5 / spread.clamp_min(1e-9)
+    return x * factor, y * factor
+
+
+def _null_vector(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(S, 9) unit vector h minimising sum_k weight_k (rows[:, :, k] . h)^2 for rows (S, 9, K)."""
+    normal = (rows * weight.unsqueeze(1)) @ rows.transpose(1, 2)
+    return torch.linalg.eigh(normal).eigenvectors[..., 0]
+
+
+def _sampson_distance(x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                      fundamental: torch.Tensor) -> torch.Tensor:
+    """(S, N) first-order distance of the pairs (x, y) -> (u, v) from the epipolar geometry of the
+    row-major ``fundamental`` (S, 9), made rank 2 first as a fundamental matrix is."""
+    left, singular, right = torch.linalg.svd(fundamental.view(-1, 3, 3))
+    f = (left @ torch.diag_embed(singular * singular.new_tensor([1.0, 1.0, 0.0])) @ right).flatten(1).unsqueeze(-1)
+    # The epipolar line of (x, y) in the second image, and of (u, v) in the first.
+    line_u, line_v, line_w = f[:, 0] * x + f[:, 1] * y + f[:, 2], f[:, 3] * x + f[:, 4] * y + f[:, 5], \
+        f[:, 6] * x + f[:, 7] * y + f[:, 8]
+    back_x, back_y = f[:, 0] * u + f[:, 3] * v + f[:, 6], f[:, 1] * u + f[:, 4] * v + f[:, 7]
+    algebraic = u * line_u + v * line_v + line_w
+    gradient = line_u.square() + line_v.square() + back_x.square() + back_y.square()
+    return algebraic.abs() / gradient.clamp_min(1e-18).sqrt()
+
+
+def _robust_scale(values: torch.Tensor, paired: torch.Tensor) -> torch.Tensor:
+    """(S, 1) median absolute value over the paired entries as a Gaussian sigma, with a small floor."""
+    median = torch.nanmedian(torch.where(paired, values.abs(), torch.nan), dim=-1, keepdim=True).values
+    return 1.4826 * median.nan_to_num(1.0) + 1e-4
+
+
 class TrajectoryTransformer(nn.Module):
     """Dynamic/static logit per track from a window of track features (see the module docstring).
 
@@ -277,8 +416,10 @@ class TrajectoryTransformer(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        self.ego_motion = _EgoMotionResiduals() if c.ego_motion_inputs else None
+        extra_inputs = _EgoMotionResiduals.channels if c.ego_motion_inputs else 0
         self.input_projection = nn.Sequential(
-            nn.Linear(c.input_dim, c.motion_dim), nn.ReLU(),
+            nn.Linear(c.input_dim + extra_inputs, c.motion_dim), nn.ReLU(),
             nn.Linear(c.motion_dim, c.motion_dim), nn.ReLU(),
         )
         self.motion_encoder = nn.ModuleList(
@@ -328,6 +469,8 @@ class TrajectoryTransformer(nn.Module):
     def _pool_motion(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(B, N, T, input_dim) -> (B, N, motion_dim): space-time transformer, max over valid steps."""
         masks = _SpaceTimeMasks.from_valid(valid)
+        if self.ego_motion is not None:
+            features = torch.cat((features, self.ego_motion(features, valid)), dim=-1)
         projected = self.input_projection(features)
         memory = projected
         for layer in self.motion_encoder:

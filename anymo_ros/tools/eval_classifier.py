@@ -1,0 +1,127 @@
+"""Compare the geometric and the learned track classifier on synthetic validation and Hopkins.
+
+    python -m anymo_ros.tools.eval_classifier [--weights FILE] [--hopkins ROOT]
+
+Synthetic validation: the windows that training validates on (seeds training never uses; 3-D
+scenes without and with depth, and Lucas-Kanade tracks of rendered clips), scored per track:
+accuracy, precision and recall of the dynamic class, and AUROC of the dynamic probability. The
+geometric classifier runs frame by frame over each window as in the pipeline and is scored on its
+state after the last frame. Hopkins: misclassification rate per sequence, as ``anymo-eval tracks``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from anymo_ros.classify.online import OnlineTrackClassifier
+from anymo_ros.classify.training import (
+    TrainingConfig,
+    TrackWindow,
+    ValidationSet,
+    classification_scores,
+    predict_windows,
+    validation_sets,
+)
+from anymo_ros.classify.trajectory_transformer import load_weights, shipped_weights_path
+from anymo_ros.config import ClassifierConfig
+from anymo_ros.tools.datasets import find_hopkins_files
+from anymo_ros.tools.eval_cli import evaluate_tracks, format_table, geometric_grouper, learned_grouper
+
+# Where the project's evaluation data sit next to a checkout, as the tests expect them.
+DEFAULT_HOPKINS = Path(__file__).resolve().parents[3] / "shared" / "data" / "hopkins12"
+SCORE_NAMES = ("accuracy", "precision", "recall", "auroc")
+
+
+def geometric_scores(windows: list[TrackWindow], config: ClassifierConfig) -> dict[str, float]:
+    probabilities, decisions = [], []
+    classifier = OnlineTrackClassifier(config)
+    for window in windows:
+        state = classifier.classify_tracks(window.xy, window.visible, window.image_size)
+        probabilities.append(np.zeros(len(window)) if state is None else state.probability)
+        decisions.append(np.zeros(len(window), bool) if state is None else state.dynamic)
+    dynamic = np.concatenate([window.dynamic for window in windows])
+    return classification_scores(np.concatenate(probabilities), dynamic, np.concatenate(decisions))
+
+
+def compare_on_validation(weights: Path, sets: list[ValidationSet], config: ClassifierConfig) -> list[dict]:
+    """One row per validation set with both classifiers' scores (keys ``geometric_<score>``, ``learned_<score>``)."""
+    model = load_weights(weights)
+    rows = []
+    for validation in sets:
+        dynamic = np.concatenate([window.dynamic for window in validation.windows])
+        learned = classification_scores(np.concatenate(predict_windows(model, validation.windows)), dynamic)
+        geometric = geometric_scores(validation.windows, config)
+        row = {"set": validation.name, "tracks": learned["tracks"], "dynamic": learned["dynamic_share"]}
+        for name in SCORE_NAMES:
+            row[f"geometric_{name}"] = geometric[name]
+            row[f"learned_{name}"] = learned[name]
+        rows.append(row)
+    return rows
+
+
+def _print_validation(rows: list[dict]) -> None:
+    columns = [("set", "set"), ("tracks", "tracks"), ("dynamic", "dynamic")]
+    for name in SCORE_NAMES:
+        columns += [(f"geometric_{name}", f"geo {name}"), (f"learned_{name}", f"learned {name}")]
+    total = sum(row["tracks"] for row in rows)
+    # Track-weighted mean: every validation track counts once.
+    footer = {"set": "all", "tracks": total,
+              "dynamic": sum(row["dynamic"] * row["tracks"] for row in rows) / total}
+    for key, _ in columns[3:]:
+        footer[key] = sum(row[key] * row["tracks"] for row in rows) / total
+    print(format_table(rows, footer, columns))
+
+
+def _without_nan(value):
+    """JSON has no NaN: undefined scores become null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nan(item) for item in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, help="learned classifier weights (default: the shipped file)")
+    parser.add_argument("--hopkins", type=Path, default=DEFAULT_HOPKINS if DEFAULT_HOPKINS.is_dir() else None,
+                        help="Hopkins folder of <seq>/<seq>.mat files (default: shared/data/hopkins12 next to the "
+                             "checkout, when there)")
+    parser.add_argument("--scenes", type=int, default=TrainingConfig.validation_scenes,
+                        help="3-D scene windows per validation set")
+    parser.add_argument("--renders", type=int, default=TrainingConfig.validation_renders,
+                        help="tracked rendered clips")
+    parser.add_argument("--json", type=Path, help="also write all scores to this JSON file")
+    args = parser.parse_args(argv)
+
+    weights = args.weights or shipped_weights_path()
+    config = ClassifierConfig(weights=str(weights))
+    sets = validation_sets(TrainingConfig(validation_scenes=args.scenes, validation_renders=args.renders))
+    validation = compare_on_validation(weights, sets, config)
+    print("Synthetic validation (per track, dynamic = positive)")
+    _print_validation(validation)
+    report = {"weights": str(weights), "validation": validation}
+
+    if args.hopkins is not None:
+        groupers = {"geometric": geometric_grouper(config), "learned": learned_grouper(config)}
+        rows = evaluate_tracks(find_hopkins_files(args.hopkins), groupers, progress=False)
+        mean = {"sequence": "mean", "points": sum(row["points"] for row in rows), "groups": ""}
+        mean.update({name: float(np.mean([row[name] for row in rows])) for name in groupers})
+        print("\nHopkins misclassification rate (lower is better)")
+        print(format_table(rows, mean, [("sequence", "sequence"), ("points", "points"), ("groups", "groups"),
+                                        ("geometric", "geometric err"), ("learned", "learned err")]))
+        report["hopkins"] = {"root": str(args.hopkins), "mean": mean, "sequences": rows}
+    if args.json:
+        args.json.write_text(json.dumps(_without_nan(report), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
