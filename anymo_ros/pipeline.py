@@ -84,10 +84,10 @@ class MotionSegmenter:
         semantics = self.models.semantics
         if semantics is None:
             return None
-        if self.classifier.backend != "learned":
+        if not self.classifier.needs_window:
             self._fall_back("semantics", "only the learned classifier uses semantics")
             return None
-        expected = self.classifier.scorer.classifier.model.config.semantic_dim
+        expected = self.classifier.learned.classifier.model.config.semantic_dim
         if semantics.semantic_dim != expected:
             self._fall_back("semantics", f"features of width {semantics.semantic_dim}, the classifier takes {expected}")
             return None
@@ -234,7 +234,7 @@ class MotionSegmenter:
         if depth is not None:
             track_depth = _sample(depth.astype(np.float32, copy=False), xy / scale, invalid=np.nan)
         self.window.append(update.frame_index, stamp, ids, xy, visible, confidence, track_depth)
-        window = self.window.tracks(ids) if self.classifier.backend == "learned" else None
+        window = self.window.tracks(ids) if self.classifier.needs_window else None
         semantics = None
         if self.semantic_cache is not None:
             if features is not None and self.models.semantics_rate.fresh:

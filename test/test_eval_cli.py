@@ -250,7 +250,7 @@ def test_mos_command_end_to_end(folder_dataset, tmp_path, monkeypatch, capsys):
     saved = json.loads(report.read_text())
     assert saved["mean"]["J"] == 1.0 and saved["mean"]["J&F"] == 1.0
     assert saved["sequences"][0]["per_frame_F"] == [1.0] * 4
-    assert saved["config"]["classifier.backend"] == "geometric"
+    assert saved["config"]["classifier.backend"] == "ensemble"
 
 
 def test_mos_command_with_the_real_pipeline(tmp_path, capsys):

@@ -2,8 +2,9 @@
 
 The pipeline runs this on live tracks; the offline trajectory evaluation runs it on recorded
 tracks (Hopkins-style point sets), so both score tracks the same way. The scorer is the
-geometric classifier (residual to the camera's motion) or the learned trajectory transformer
-(the window's tracks); the camera motion is fitted either way, for the dense stage.
+geometric classifier (residual to the camera's motion), the learned trajectory transformer
+(the window's tracks), or both averaged (``ensemble``); the camera motion is fitted either way,
+for the dense stage.
 """
 from __future__ import annotations
 
@@ -27,22 +28,33 @@ def weights_path(config: ClassifierConfig) -> Path:
 
 
 class LearnedScorer:
-    """Dynamic probability of each live track from its window history, by the trajectory transformer."""
+    """Dynamic probability of each live track from its window history, by the trajectory transformer.
+
+    With ``every`` k > 1 the model runs on every k-th frame only; in between, each track keeps
+    the probability of the last run and tracks born since have none (NaN).
+    """
 
     def __init__(self, config: ClassifierConfig, device: str = "cpu"):
         from anymo_ros.classify.trajectory_transformer import LearnedTrackClassifier
         self.classifier = LearnedTrackClassifier(weights_path(config), device=device)
-        self._ids = np.zeros(0, np.int64)
-        self._visible_steps = np.zeros(0, np.int64)
+        self.every = max(1, config.learned_every)
+        self.reset()
 
     def reset(self) -> None:
         self._ids = np.zeros(0, np.int64)
         self._visible_steps = np.zeros(0, np.int64)
+        self._scored_ids = np.zeros(0, np.int64)
+        self._scores = np.zeros(0, np.float32)
+        self._calls = 0
 
     def update(self, ids: np.ndarray, window: WindowTracks, image_size: tuple[int, int],
                semantics: np.ndarray | None = None) -> np.ndarray:
         visible_steps = window.visible.sum(axis=1)
         self._ids, self._visible_steps = ids, visible_steps
+        run = self._calls % self.every == 0
+        self._calls += 1
+        if not run:
+            return carry_over(self._scored_ids, self._scores, ids, np.nan)
         raw = np.full(len(ids), np.nan, np.float32)
         ready = visible_steps >= 2
         if ready.any():
@@ -51,6 +63,7 @@ class LearnedScorer:
             raw[ready] = self.classifier.predict(
                 xy, window.visible[ready], window.confidence[ready], image_size, depth,
                 None if semantics is None else semantics[ready])
+        self._scored_ids, self._scores = ids, raw
         return raw
 
     def evidence_count(self, ids: np.ndarray) -> np.ndarray:
@@ -69,27 +82,37 @@ class FrameClassification:
     backward: CameraMotion | None  # current -> previous, fitted only when asked for
 
 
+BACKENDS = ("geometric", "learned", "ensemble")
+
+
 class OnlineTrackClassifier:
-    """Geometric dynamic/static classification of tracks, fed one frame at a time."""
+    """Dynamic/static classification of tracks, fed one frame at a time."""
 
     def __init__(self, config: ClassifierConfig, device: str = "cpu"):
         """Raises ValueError for an unknown backend, FileNotFoundError for missing weights."""
+        if config.backend not in BACKENDS:
+            raise ValueError(f"unknown classifier backend '{config.backend}' (available: {', '.join(BACKENDS)})")
+        if not 0.0 <= config.learned_weight <= 1.0:
+            raise ValueError(f"learned_weight must lie in [0, 1], got {config.learned_weight}")
         self.config = config
-        if config.backend == "geometric":
-            self.scorer = GeometricClassifier(config)
-        elif config.backend == "learned":
-            self.scorer = LearnedScorer(config, device)
-        else:
-            raise ValueError(f"unknown classifier backend '{config.backend}' (available: 'geometric', 'learned')")
+        self.geometric = GeometricClassifier(config) if config.backend != "learned" else None
+        self.learned = LearnedScorer(config, device) if config.backend != "geometric" else None
         self.smoother = ProbabilitySmoother(config)
 
     def reset(self) -> None:
-        self.scorer.reset()
+        for scorer in (self.geometric, self.learned):
+            if scorer is not None:
+                scorer.reset()
         self.smoother.reset()
 
     @property
     def backend(self) -> str:
-        return "learned" if isinstance(self.scorer, LearnedScorer) else "geometric"
+        return self.config.backend
+
+    @property
+    def needs_window(self) -> bool:
+        """Whether ``step`` needs the window history (and can use semantics): the learned scorer runs."""
+        return self.learned is not None
 
     def probability_of(self, ids: np.ndarray, default: float = 0.0) -> np.ndarray:
         """Current smoothed probability of sorted ``ids``; ``default`` for unknown tracks."""
@@ -110,16 +133,22 @@ class OnlineTrackClassifier:
         backward = None
         if fit_backward:
             backward = fit_camera_motion(xy[paired], prev_xy[paired], static_weight[paired], image_size)
-        residual = np.full((len(ids), 2), np.nan, np.float32)
-        if forward is not None:
-            residual[paired] = forward.residual(prev_xy[paired], xy[paired]) / forward.noise_sigma
-        if isinstance(self.scorer, LearnedScorer):
-            raw = self.scorer.update(ids, window, image_size, semantics)
-        else:
-            raw = self.scorer.update(ids, residual)
+        evidence = np.zeros(len(ids), np.int64)
+        geometric = learned = None
+        if self.geometric is not None:
+            residual = np.full((len(ids), 2), np.nan, np.float32)
+            if forward is not None:
+                residual[paired] = forward.residual(prev_xy[paired], xy[paired]) / forward.noise_sigma
+            geometric = self.geometric.update(ids, residual)
+            evidence = np.maximum(evidence, self.geometric.evidence_count(ids))
+        if self.learned is not None:
+            if window is None:
+                raise ValueError(f"the '{self.backend}' classifier needs the window of the tracks")
+            learned = self.learned.update(ids, window, image_size, semantics)
+            evidence = np.maximum(evidence, self.learned.evidence_count(ids))
+        raw = combine_probabilities(geometric, learned, self.config.learned_weight)
         probability, dynamic = self.smoother.update(ids, raw, prior)
-        has_evidence = self.scorer.evidence_count(ids) > 0
-        return FrameClassification(probability, dynamic, has_evidence, paired, forward, backward)
+        return FrameClassification(probability, dynamic, evidence > 0, paired, forward, backward)
 
     def classify_tracks(self, xy: np.ndarray, visible: np.ndarray, image_size: tuple[int, int],
                         prior: float = 0.25, window_length: int = 16) -> FrameClassification | None:
@@ -137,3 +166,14 @@ class OnlineTrackClassifier:
             result = self.step(ids, xy[:, t - 1].astype(np.float32), xy[:, t].astype(np.float32), paired,
                                image_size, priors, window=window)
         return result
+
+
+def combine_probabilities(geometric: np.ndarray | None, learned: np.ndarray | None,
+                          learned_weight: float) -> np.ndarray:
+    """Weighted mean of the scorers' probabilities; where one has none (NaN), the other's."""
+    if learned is None:
+        return geometric
+    if geometric is None:
+        return learned
+    mixed = learned_weight * learned + (1.0 - learned_weight) * geometric
+    return np.where(np.isnan(learned), geometric, np.where(np.isnan(geometric), learned, mixed)).astype(np.float32)

@@ -30,7 +30,7 @@ from anymo_ros.classify.training import (
 from anymo_ros.classify.trajectory_transformer import load_weights, shipped_weights_path
 from anymo_ros.config import ClassifierConfig
 from anymo_ros.tools.datasets import find_hopkins_files
-from anymo_ros.tools.eval_cli import evaluate_tracks, format_table, geometric_grouper, learned_grouper
+from anymo_ros.tools.eval_cli import TRACK_BACKENDS, evaluate_tracks, format_table, track_grouper
 
 # Where the project's evaluation data sit next to a checkout, as the tests expect them.
 DEFAULT_HOPKINS = Path(__file__).resolve().parents[3] / "shared" / "data" / "hopkins12"
@@ -110,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     report = {"weights": str(weights), "validation": validation}
 
     if args.hopkins is not None:
-        groupers = {"geometric": geometric_grouper(config), "learned": learned_grouper(config)}
+        groupers = {backend: track_grouper(backend, config) for backend in TRACK_BACKENDS}
         rows = evaluate_tracks(find_hopkins_files(args.hopkins), groupers, progress=False)
         mean = {"sequence": "mean", "points": sum(row["points"] for row in rows), "groups": ""}
         mean.update({name: float(np.mean([row[name] for row in rows])) for name in groupers})
         print("\nHopkins misclassification rate (lower is better)")
         print(format_table(rows, mean, [("sequence", "sequence"), ("points", "points"), ("groups", "groups"),
-                                        ("geometric", "geometric err"), ("learned", "learned err")]))
+                                        *((name, f"{name} err") for name in groupers)]))
         report["hopkins"] = {"root": str(args.hopkins), "mean": mean, "sequences": rows}
     if args.json:
         args.json.write_text(json.dumps(_without_nan(report), indent=2) + "\n")

@@ -37,7 +37,7 @@ from anymo_ros.tools.datasets import (
 from anymo_ros.tools.metrics import SequenceScorer, SequenceScores, misclassification_rate, summarize
 from anymo_ros.types import SegmentationResult
 
-TRACK_BACKENDS = ("geometric", "learned")
+TRACK_BACKENDS = ("geometric", "learned", "ensemble")
 
 
 class EvaluationError(Exception):
@@ -187,15 +187,20 @@ def _image_size_of(xy: np.ndarray) -> tuple[int, int]:
     return int(np.ceil(np.nanmax(xy[..., 0]))) + 1, int(np.ceil(np.nanmax(xy[..., 1]))) + 1
 
 
-def geometric_grouper(config: ClassifierConfig) -> TrackGrouper:
-    """Static (0) / dynamic (1) groups from the geometric classifier, run frame by frame exactly as
-    the pipeline runs it (there is no dense motion map, so new tracks get the no-map prior).
-    A track's group is its dynamic state after the last frame.
+def online_grouper(config: ClassifierConfig) -> TrackGrouper:
+    """Static (0) / dynamic (1) groups from ``config``'s classifier (geometric or ensemble), run frame
+    by frame exactly as the pipeline runs it (there is no dense motion map, so new tracks get the
+    no-map prior). A track's group is its dynamic state after the last frame.
     """
     from anymo_ros.classify.online import OnlineTrackClassifier
 
+    try:
+        classifier = OnlineTrackClassifier(config)
+    except FileNotFoundError as error:
+        raise EvaluationError(str(error)) from error
+
     def group(xy: np.ndarray, visible: np.ndarray) -> np.ndarray:
-        state = OnlineTrackClassifier(config).classify_tracks(xy, visible, _image_size_of(xy))
+        state = classifier.classify_tracks(xy, visible, _image_size_of(xy))
         if state is None:
             return np.zeros(len(xy), np.int64)
         return state.dynamic.astype(np.int64)
@@ -224,8 +229,8 @@ def learned_grouper(config: ClassifierConfig) -> TrackGrouper:
 
 def track_grouper(backend: str, config: ClassifierConfig) -> TrackGrouper:
     """The trajectory grouping of a classifier backend; EvaluationError if it does not exist."""
-    if backend == "geometric":
-        return geometric_grouper(config)
+    if backend in ("geometric", "ensemble"):
+        return online_grouper(dataclasses.replace(config, backend=backend))
     if backend == "learned":
         return learned_grouper(config)
     raise EvaluationError(f"unknown classifier backend '{backend}' (choose from {', '.join(TRACK_BACKENDS)})")
