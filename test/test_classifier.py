@@ -129,6 +129,8 @@ def test_learned_scorer_runs_every_kth_frame_and_carries_scores_in_between():
     predict = scorer.classifier.predict
     scorer.classifier.predict = lambda *args, **kwargs: calls.append(1) or predict(*args, **kwargs)
     rng = np.random.default_rng(0)
+    # A first frame has nothing to score (one step per track): it does not use up a run.
+    assert np.isnan(scorer.update(np.arange(5), _window(np.arange(5), 1, rng), (320, 240))).all()
     first = scorer.update(np.arange(5), _window(np.arange(5), 8, rng), (320, 240))
     # Frame 2: tracks 1..4 live on, track 7 is new; the model does not run.
     second = scorer.update(np.array([1, 2, 3, 4, 7]), _window(np.array([1, 2, 3, 4, 7]), 8, rng), (320, 240))

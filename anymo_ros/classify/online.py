@@ -51,12 +51,13 @@ class LearnedScorer:
                semantics: np.ndarray | None = None) -> np.ndarray:
         visible_steps = window.visible.sum(axis=1)
         self._ids, self._visible_steps = ids, visible_steps
+        ready = visible_steps >= 2
+        # The count starts at the first frame with something to score, so that one runs.
         run = self._calls % self.every == 0
-        self._calls += 1
+        self._calls += int(ready.any())
         if not run:
             return carry_over(self._scored_ids, self._scores, ids, np.nan)
         raw = np.full(len(ids), np.nan, np.float32)
-        ready = visible_steps >= 2
         if ready.any():
             xy = np.nan_to_num(window.xy[ready])
             depth = None if window.depth is None else window.depth[ready]

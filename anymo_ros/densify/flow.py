@@ -5,7 +5,9 @@ For every pixel of the current frame, OpenCV DIS gives where it was in the previ
 would have put it. Their difference, in units of the residual noise at static tracks, is the
 per-frame motion evidence. Evidence is accumulated recursively: the previous motion map is
 carried along the flow into the current frame and blended with today's evidence, which keeps
-slow or momentarily flow-less parts of an object lit and lets one-frame flow errors fade.
+slow or momentarily flow-less parts of an object lit and lets one-frame flow errors fade. The
+blend is normalised by how much history each pixel has (an exponential average with bias
+correction), so the first frames and newly uncovered pixels are not pulled towards zero.
 """
 from __future__ import annotations
 
@@ -51,6 +53,7 @@ class FlowResidualDensifier:
 
     def reset(self) -> None:
         self.motion_map: np.ndarray | None = None   # accumulated P(moving), flow resolution
+        self._history_weight: np.ndarray | None = None   # per pixel: total weight of the evidence averaged
         self.backward_flow: np.ndarray | None = None
         self._prev_small: np.ndarray | None = None
 
@@ -73,6 +76,7 @@ class FlowResidualDensifier:
         previous_small, self._prev_small = self._prev_small, small
         if previous_small is None or previous_small.shape != small.shape or camera_backward is None:
             self.motion_map = np.zeros((height, width), np.float32)
+            self._history_weight = np.zeros((height, width), np.float32)
             self.backward_flow = None
             return self.motion_map
         flow = self._dis.calc(small, previous_small, None)
@@ -92,10 +96,11 @@ class FlowResidualDensifier:
         flow_weight = np.where(uncovered, 0.0, _FLOW_WEIGHT).astype(np.float32)
         evidence = (support * track_vote + flow_weight * flow_evidence) / (support + flow_weight + 1e-6)
         decay = np.where(uncovered, 0.0, self.config.evidence_decay).astype(np.float32)
-        carried = np.zeros((height, width), np.float32)
-        if self.motion_map is not None:
-            carried = warp_backward(self.motion_map, flow, cv2.INTER_LINEAR)
-        self.motion_map = (decay * carried + (1.0 - decay) * evidence).astype(np.float32)
+        carried_weight = decay * warp_backward(self._history_weight, flow, cv2.INTER_LINEAR)
+        carried_sum = carried_weight * warp_backward(self.motion_map, flow, cv2.INTER_LINEAR)
+        fresh_weight = 1.0 - self.config.evidence_decay
+        self._history_weight = (carried_weight + fresh_weight).astype(np.float32)
+        self.motion_map = ((carried_sum + fresh_weight * evidence) / self._history_weight).astype(np.float32)
         self.backward_flow = flow
         return self.motion_map
 
