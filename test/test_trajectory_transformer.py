@@ -256,3 +256,10 @@ def test_benchmark_reports_one_row_per_size():
     rows = benchmark_classifier([8, 16], [4], repeats=1, config=tiny_config(), with_semantics=True)
     assert [(row["num_tracks"], row["window"]) for row in rows] == [(8, 4), (16, 4)]
     assert all(row["min_ms"] > 0 for row in rows)
+
+
+def test_benchmark_command_times_the_shipped_architecture(capsys):
+    from anymo_ros.tools.bench_classifier import main as bench_main
+    bench_main(["--tracks", "8", "--windows", "4", "--repeats", "1", "--model", "shipped"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["tracks", "window"] and lines[1].split()[:2] == ["8", "4"]

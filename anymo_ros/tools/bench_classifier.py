@@ -1,7 +1,9 @@
 """Speed of the learned trajectory classifier over track counts and window lengths.
 
 Times :meth:`LearnedTrackClassifier.predict` end to end (features and model, numpy in and out) on
-synthetic tracks, with untrained weights: the speed does not depend on them.
+synthetic tracks, with untrained weights: the speed does not depend on them. ``--model shipped``
+(the default) times the architecture of the weights shipped in resource/, ``--model paper``
+the paper-size model.
 
     python -m anymo_ros.tools.bench_classifier --tracks 256 1024 --windows 8 16 --repeats 5
 """
@@ -20,6 +22,14 @@ from anymo_ros.classify.trajectory_transformer import (
 )
 
 IMAGE_SIZE = (480, 270)
+
+
+def _shipped_architecture() -> TrajectoryTransformerConfig:
+    from anymo_ros.classify.training import FAST_MODEL
+    return FAST_MODEL
+
+
+MODELS = {"shipped": _shipped_architecture, "paper": TrajectoryTransformerConfig}
 
 
 def synthetic_window(num_tracks: int, window: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -97,9 +107,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--semantics", action="store_true", help="feed 768-d semantic vectors")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", choices=sorted(MODELS), default="shipped",
+                        help="architecture: the shipped fast variant or the paper-size model")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    benchmark_classifier(args.tracks, args.windows, args.repeats, with_semantics=args.semantics, device=args.device)
+    benchmark_classifier(args.tracks, args.windows, args.repeats, config=MODELS[args.model](),
+                         with_semantics=args.semantics, device=args.device)
 
 
 if __name__ == "__main__":

@@ -108,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RSS after 500 frames: {rss_early:.0f} MB; after {args.soak} frames: {current_rss_mb():.0f} MB")
 
     if args.classifier_grid:
-        from anymo_ros.tools.bench_classifier import benchmark_classifier
-        benchmark_classifier()
+        from anymo_ros.tools.bench_classifier import MODELS, benchmark_classifier
+        for name, architecture in MODELS.items():
+            print(f"learned classifier, {name} architecture")
+            benchmark_classifier(config=architecture())
     return 0
 
 
