@@ -279,7 +279,7 @@ def test_learned_grouper_splits_hopkins_style_tracks():
 
 
 @needs_shipped
-def test_eval_classifier_reports_both_classifiers(tmp_path, capsys):
+def test_eval_classifier_reports_every_classifier(tmp_path, capsys):
     xy, labels = panning_tracks_with_a_mover()
     y_sparse = np.concatenate([np.moveaxis(xy, -1, 0), np.ones((1, *xy.shape[:2]))])
     (tmp_path / "pan").mkdir()
@@ -288,7 +288,8 @@ def test_eval_classifier_reports_both_classifiers(tmp_path, capsys):
     assert eval_classifier_main(["--scenes", "2", "--renders", "1", "--hopkins", str(tmp_path),
                                  "--json", str(report)]) == 0
     out = capsys.readouterr().out
-    assert "learned accuracy" in out and "geo auroc" in out and "learned err" in out
+    assert "learned accuracy" in out and "geo auroc" in out and "ens recall" in out and "learned err" in out
+    assert "ensemble err" in out
     saved = json.loads(report.read_text())
     assert [row["set"] for row in saved["validation"]] == ["scenes", "scenes_depth", "tracked"]
     assert saved["hopkins"]["mean"]["learned"] < 0.1

@@ -1,16 +1,18 @@
-"""Compare the geometric and the learned track classifier on synthetic validation and Hopkins.
+"""Compare the geometric, learned and ensemble track classifiers on synthetic validation and Hopkins.
 
     python -m anymo_ros.tools.eval_classifier [--weights FILE] [--hopkins ROOT]
 
 Synthetic validation: the windows that training validates on (seeds training never uses; 3-D
 scenes without and with depth, and Lucas-Kanade tracks of rendered clips), scored per track:
 accuracy, precision and recall of the dynamic class, and AUROC of the dynamic probability. The
-geometric classifier runs frame by frame over each window as in the pipeline and is scored on its
-state after the last frame. Hopkins: misclassification rate per sequence, as ``anymo-eval tracks``.
+learned classifier sees each window whole; the geometric and the ensemble classifiers run frame
+by frame over it as in the pipeline and are scored on their state after the last frame. Hopkins:
+misclassification rate per sequence, as ``anymo-eval tracks``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -35,9 +37,11 @@ from anymo_ros.tools.eval_cli import TRACK_BACKENDS, evaluate_tracks, format_tab
 # Where the project's evaluation data sit next to a checkout, as the tests expect them.
 DEFAULT_HOPKINS = Path(__file__).resolve().parents[3] / "shared" / "data" / "hopkins12"
 SCORE_NAMES = ("accuracy", "precision", "recall", "auroc")
+VALIDATION_BACKENDS = (("geometric", "geo"), ("learned", "learned"), ("ensemble", "ens"))
 
 
-def geometric_scores(windows: list[TrackWindow], config: ClassifierConfig) -> dict[str, float]:
+def online_scores(windows: list[TrackWindow], config: ClassifierConfig) -> dict[str, float]:
+    """Scores of ``config``'s classifier run frame by frame over each window, as in the pipeline."""
     probabilities, decisions = [], []
     classifier = OnlineTrackClassifier(config)
     for window in windows:
@@ -49,17 +53,19 @@ def geometric_scores(windows: list[TrackWindow], config: ClassifierConfig) -> di
 
 
 def compare_on_validation(weights: Path, sets: list[ValidationSet], config: ClassifierConfig) -> list[dict]:
-    """One row per validation set with both classifiers' scores (keys ``geometric_<score>``, ``learned_<score>``)."""
+    """One row per validation set with each classifier's scores (keys ``<backend>_<score>``)."""
     model = load_weights(weights)
     rows = []
     for validation in sets:
         dynamic = np.concatenate([window.dynamic for window in validation.windows])
-        learned = classification_scores(np.concatenate(predict_windows(model, validation.windows)), dynamic)
-        geometric = geometric_scores(validation.windows, config)
-        row = {"set": validation.name, "tracks": learned["tracks"], "dynamic": learned["dynamic_share"]}
-        for name in SCORE_NAMES:
-            row[f"geometric_{name}"] = geometric[name]
-            row[f"learned_{name}"] = learned[name]
+        scores = {
+            "geometric": online_scores(validation.windows, dataclasses.replace(config, backend="geometric")),
+            "learned": classification_scores(np.concatenate(predict_windows(model, validation.windows)), dynamic),
+            "ensemble": online_scores(validation.windows, dataclasses.replace(config, backend="ensemble")),
+        }
+        row = {"set": validation.name, "tracks": len(dynamic), "dynamic": float(dynamic.mean())}
+        for backend, values in scores.items():
+            row.update({f"{backend}_{name}": values[name] for name in SCORE_NAMES})
         rows.append(row)
     return rows
 
@@ -67,7 +73,7 @@ def compare_on_validation(weights: Path, sets: list[ValidationSet], config: Clas
 def _print_validation(rows: list[dict]) -> None:
     columns = [("set", "set"), ("tracks", "tracks"), ("dynamic", "dynamic")]
     for name in SCORE_NAMES:
-        columns += [(f"geometric_{name}", f"geo {name}"), (f"learned_{name}", f"learned {name}")]
+        columns += [(f"{backend}_{name}", f"{short} {name}") for backend, short in VALIDATION_BACKENDS]
     total = sum(row["tracks"] for row in rows)
     # Track-weighted mean: every validation track counts once.
     footer = {"set": "all", "tracks": total,
