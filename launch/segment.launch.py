@@ -21,7 +21,7 @@ OVERRIDE_ARGUMENTS = {
     "overlay": ("publish_overlay", "true/false: publish the rgb8 overlay on moving_objects/overlay."),
     "device": ("pipeline.device", "Torch device for learned models: cpu, cuda or cuda:N."),
     "tracker": ("pipeline.tracker.backend", "Point tracker backend, e.g. lk."),
-    "classifier": ("pipeline.classifier.backend", "Track classifier backend: geometric or learned."),
+    "classifier": ("pipeline.classifier.backend", "Track classifier backend: ensemble, geometric or learned."),
     "densify": ("pipeline.densify.backend", "Dense mask backend: flow, sam2 or edgetam."),
     "depth": ("pipeline.depth.backend", "Depth source: none, sensor or depth_anything."),
     "depth_topic": ("depth_topic", "Depth image topic (16UC1 mm or 32FC1 m) to pair with the camera."),

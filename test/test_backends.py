@@ -373,9 +373,10 @@ def test_pipeline_runs_every_learned_backend_and_falls_back_mid_stream(checkpoin
 
 @pytest.mark.parametrize("preset, expected", [
     ("full_gpu.yaml", {"densify.backend": "sam2", "semantics.model": "facebook/dinov2-base",
-                       "depth.backend": "depth_anything", "classifier.backend": "learned"}),
+                       "depth.backend": "depth_anything", "classifier.backend": "learned",
+                       "classifier.learned_every": 1}),
     ("jetson.yaml", {"densify.backend": "edgetam", "semantics.model": "facebook/dinov2-small",
-                     "depth.backend": "sensor"}),
+                     "depth.backend": "sensor", "classifier.learned_every": 1}),
 ])
 def test_presets_name_their_models_and_fall_back_cleanly_without_weights(preset, expected, monkeypatch):
     from pathlib import Path
