@@ -112,6 +112,8 @@ def test_classifier_rejects_unknown_backend_and_bad_weight():
         OnlineTrackClassifier(ClassifierConfig(backend="magic"))
     with pytest.raises(ValueError, match="learned_weight"):
         OnlineTrackClassifier(ClassifierConfig(backend="geometric", learned_weight=1.5))
+    with pytest.raises(ValueError, match="learned_every must be at least 1, got 0"):
+        OnlineTrackClassifier(ClassifierConfig(backend="ensemble", learned_every=0))
 
 
 def _window(ids: np.ndarray, length: int, rng: np.random.Generator) -> WindowTracks:

@@ -37,7 +37,7 @@ class LearnedScorer:
     def __init__(self, config: ClassifierConfig, device: str = "cpu"):
         from anymo_ros.classify.trajectory_transformer import LearnedTrackClassifier
         self.classifier = LearnedTrackClassifier(weights_path(config), device=device)
-        self.every = max(1, config.learned_every)
+        self.every = config.learned_every
         self.reset()
 
     def reset(self) -> None:
@@ -95,6 +95,8 @@ class OnlineTrackClassifier:
             raise ValueError(f"unknown classifier backend '{config.backend}' (available: {', '.join(BACKENDS)})")
         if not 0.0 <= config.learned_weight <= 1.0:
             raise ValueError(f"learned_weight must lie in [0, 1], got {config.learned_weight}")
+        if config.learned_every < 1:
+            raise ValueError(f"learned_every must be at least 1, got {config.learned_every}")
         self.config = config
         self.geometric = GeometricClassifier(config) if config.backend != "learned" else None
         self.learned = LearnedScorer(config, device) if config.backend != "geometric" else None
