@@ -32,6 +32,7 @@ from anymo_ros.classify.trajectory_transformer import (
     shipped_weights_path,
     weighted_bce,
 )
+from anymo_ros.classify.online import OnlineTrackClassifier
 from anymo_ros.config import ClassifierConfig
 from anymo_ros.tools.eval_classifier import main as eval_classifier_main
 from anymo_ros.tools.eval_cli import track_grouper
@@ -329,6 +330,19 @@ def test_segany_checkpoint_loads_into_the_paper_model(tmp_path):
     torch.testing.assert_close(model.input_projection[0].weight, state["module.joint_encoder.input_fc1.weight"][..., 0, 0])
     features, visible = random_batch(tracks=6, window=4)
     assert torch.isfinite(run(model, features, visible, torch.randn(1, 6, 768))).all()
+
+
+def test_segany_checkpoint_given_as_classifier_weights_is_mapped(tmp_path, caplog):
+    path = tmp_path / "moseg.pth"
+    torch.save({"model_state_dict": original_state_dict(TrajectoryTransformerConfig())}, path)
+    with caplog.at_level("WARNING"):
+        classifier = OnlineTrackClassifier(ClassifierConfig(backend="learned", weights=str(path)))
+    assert classifier.learned.classifier.model.config == TrajectoryTransformerConfig()
+    assert "original SegAnyMo checkpoint" in caplog.text
+    junk = tmp_path / "junk.pt"
+    torch.save({"weights": torch.zeros(3)}, junk)
+    with pytest.raises(ValueError, match="neither a weights file written by anymo-train-classifier nor a SegAnyMo"):
+        LearnedTrackClassifier(junk)
 
 
 def test_mapped_attention_computes_what_torch_multihead_attention_computes():

@@ -139,6 +139,13 @@ def convert_segany_state_dict(
     return converted
 
 
+def is_segany_checkpoint(saved: object) -> bool:
+    """Whether a loaded ``torch.load`` result looks like the original code's checkpoint."""
+    state = saved.get("model_state_dict", saved) if isinstance(saved, dict) else None
+    return isinstance(state, dict) and any(
+        isinstance(name, str) and name.removeprefix("module.").startswith("joint_encoder.") for name in state)
+
+
 def load_segany_checkpoint(
     path: str | Path, config: TrajectoryTransformerConfig | None = None, device: str = "cpu"
 ) -> TrajectoryTransformer:

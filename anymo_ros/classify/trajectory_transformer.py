@@ -37,6 +37,7 @@ Two optional additions (both off in the default, paper-size config) make a fast 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from anymo_ros.classify.features import FEATURE_DIM, NUM_FREQUENCIES, track_features
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -551,11 +554,23 @@ def save_weights(model: TrajectoryTransformer, path: str | Path) -> None:
 
 
 def load_weights(path: str | Path, device: str = "cpu") -> TrajectoryTransformer:
-    """Rebuild a model written by :func:`save_weights`, in eval mode."""
+    """Rebuild a model written by :func:`save_weights`, or mapped from an original SegAnyMo
+    checkpoint (see segany_checkpoint.py; its outputs are not exactly the original's), in eval mode.
+
+    Raises FileNotFoundError for a missing file and ValueError for a file that is neither.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"trajectory classifier weights not found: {path}")
     saved = torch.load(path, map_location=device, weights_only=True)
+    if not (isinstance(saved, dict) and "config" in saved and "state_dict" in saved):
+        from anymo_ros.classify.segany_checkpoint import is_segany_checkpoint, load_segany_checkpoint
+        if not is_segany_checkpoint(saved):
+            raise ValueError(f"{path} is neither a weights file written by anymo-train-classifier "
+                             "nor a SegAnyMo checkpoint")
+        _log.warning("%s is an original SegAnyMo checkpoint: mapped onto the paper-size model; its inputs "
+                     "differ from the original's, so its outputs are not the original's (see the README)", path)
+        return load_segany_checkpoint(path, device=device)
     model = TrajectoryTransformer(TrajectoryTransformerConfig.from_dict(saved["config"]))
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()
