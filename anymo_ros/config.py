@@ -113,6 +113,9 @@ class SegmenterConfig:
     device: str = _param("cpu", "Torch device for learned models: 'cpu', 'cuda' or 'cuda:N'.")
     precision: str = _param("fp32", "Arithmetic of learned models on CUDA: 'fp32', 'fp16' or 'bf16' (autocast); "
                                     "CPU always runs fp32.")
+    torch_threads: int = _param(1, "Threads torch computes with on the CPU (process-wide); 0 keeps torch's default of one "
+                                   "per core. With more than one, torch's workers wait on cores that other processes "
+                                   "hold, and the learned classifier can stall for up to a second on a loaded machine.")
     processing_width: int = _param(480, "Frames are resized to this width for tracking and flow; masks are returned at input size.")
     window: int = _param(16, "Sliding-window length in frames: the track history the classifier sees.")
     tracker: TrackerConfig = field(default_factory=TrackerConfig)

@@ -43,6 +43,11 @@ class MotionSegmenter:
     def __init__(self, config: SegmenterConfig | None = None):
         self.config = config or SegmenterConfig()
         cfg = self.config
+        if cfg.torch_threads < 0:
+            raise ValueError(f"torch_threads must be 0 (torch's default) or more, got {cfg.torch_threads}")
+        if cfg.torch_threads:
+            import torch  # only here: the rest of the pipeline needs torch only for learned models
+            torch.set_num_threads(cfg.torch_threads)
         # Learned models (depth, semantics, SAM2); any that cannot be had falls back, with a reason.
         self.problems: list[str] = []  # backends that could not start, with the fallback taken
         self.models, problems = create_backends(cfg)

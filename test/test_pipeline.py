@@ -169,3 +169,18 @@ def test_unknown_backends_fall_back_with_a_reason(section, fallback):
     clip = render_clip(seed=2, num_frames=3, width=160, height=120, num_objects=1, camera_motion="pan")
     for frame, stamp in zip(clip.frames, clip.stamps):
         assert segmenter.feed(frame, stamp).label_image.shape == (120, 160)
+
+
+def test_torch_threads_come_from_the_config():
+    import torch
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        MotionSegmenter(SegmenterConfig(torch_threads=0))
+        assert torch.get_num_threads() == 2
+        MotionSegmenter(SegmenterConfig(torch_threads=1))
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="torch_threads must be 0"):
+            MotionSegmenter(SegmenterConfig(torch_threads=-1))
+    finally:
+        torch.set_num_threads(before)

@@ -76,16 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=300, help="frames timed for throughput and latency")
     parser.add_argument("--warmup", type=int, default=20, help="frames fed before timing starts")
     parser.add_argument("--soak", type=int, default=0, help="also stream this many frames and report RSS")
-    parser.add_argument("--threads", type=int, default=2, help="OpenCV and torch threads")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="OpenCV threads, and torch's for --classifier-grid (the pipeline's torch threads are "
+                             "the config's torch_threads)")
     parser.add_argument("--classifier-grid", action="store_true",
                         help="time the learned classifier over 256/1024/4096 tracks x 8/16/32/64 frames")
     args = parser.parse_args(argv)
 
     cv2.setNumThreads(args.threads)
-    torch.set_num_threads(args.threads)
     config = SegmenterConfig.from_yaml(args.config) if args.config else SegmenterConfig()
-    print(f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
-          f"input {args.width}x{args.height}, processing width {config.processing_width}")
+    print(f"machine: {platform.processor() or platform.machine()}, {args.threads} OpenCV threads, "
+          f"{config.torch_threads or 'default'} torch threads, input {args.width}x{args.height}, "
+          f"processing width {config.processing_width}")
 
     frames = load_frames(args.frames, args.width, args.height, 120)
     segmenter = MotionSegmenter(config)
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.classifier_grid:
         from anymo_ros.tools.bench_classifier import MODELS, benchmark_classifier
+        torch.set_num_threads(args.threads)
         for name, architecture in MODELS.items():
             print(f"learned classifier, {name} architecture")
             benchmark_classifier(config=architecture())
