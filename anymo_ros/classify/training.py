@@ -150,7 +150,7 @@ class TrainingConfig:
     """Everything that decides the trained weights, apart from the model's hyper-parameters."""
 
     seed: int = 0
-    steps: int = 7000
+    steps: int = 12000
     batch_clips: int = 8
     tracks_per_clip: tuple[int, int] = (64, 512)     # range of tracks kept per training window
     window: tuple[int, int] = (8, 32)                # range of frames per window
