@@ -34,7 +34,7 @@ class ClassifierConfig:
                                       "(the shipped trajectory transformer) or 'ensemble' (the two probabilities averaged).")
     weights: str = _param("", "Weights file for the learned classifier; empty means the file shipped in resource/.")
     learned_weight: float = _param(0.5, "Ensemble only: weight of the learned probability in the mean with the geometric one.")
-    learned_every: int = _param(3, "Run the learned classifier on every k-th frame; in between, tracks keep their last "
+    learned_every: int = _param(4, "Run the learned classifier on every k-th frame; in between, tracks keep their last "
                                    "learned probability (new tracks rely on the geometric one in the ensemble).")
     residual_window: int = _param(12, "Frames of per-track residual history scored by the geometric classifier.")
     z_threshold: float = _param(8.0, "Residual significance (in noise sigmas) at which a track is half-way dynamic.")
