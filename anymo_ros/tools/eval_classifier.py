@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from anymo_ros.classify.training import (
 from anymo_ros.classify.trajectory_transformer import load_weights, shipped_weights_path
 from anymo_ros.config import ClassifierConfig
 from anymo_ros.tools.datasets import find_hopkins_files
-from anymo_ros.tools.eval_cli import TRACK_BACKENDS, evaluate_tracks, format_table, track_grouper
+from anymo_ros.tools.eval_cli import TRACK_BACKENDS, evaluate_tracks, format_table, json_ready, track_grouper
 
 # Where the project's evaluation data sit next to a checkout, as the tests expect them.
 DEFAULT_HOPKINS = Path(__file__).resolve().parents[3] / "shared" / "data" / "hopkins12"
@@ -83,17 +82,6 @@ def _print_validation(rows: list[dict]) -> None:
     print(format_table(rows, footer, columns))
 
 
-def _without_nan(value):
-    """JSON has no NaN: undefined scores become null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_without_nan(item) for item in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, help="learned classifier weights (default: the shipped file)")
@@ -125,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                                         *((name, f"{name} err") for name in groupers)]))
         report["hopkins"] = {"root": str(args.hopkins), "mean": mean, "sequences": rows}
     if args.json:
-        args.json.write_text(json.dumps(_without_nan(report), indent=2) + "\n")
+        args.json.write_text(json.dumps(json_ready(report), indent=2) + "\n")
     return 0
 
 

@@ -265,20 +265,20 @@ def _load_config(path: str | None) -> SegmenterConfig:
         raise EvaluationError(f"cannot use config {path}: {error}") from error
 
 
-def _json_ready(value):
+def json_ready(value):
     """JSON has no NaN: undefined scores become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _json_ready(item) for key, item in value.items()}
+        return {key: json_ready(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_json_ready(item) for item in value]
+        return [json_ready(item) for item in value]
     return value
 
 
 def _write_json(path: str, report: dict) -> None:
     try:
-        Path(path).write_text(json.dumps(_json_ready(report), indent=2) + "\n")
+        Path(path).write_text(json.dumps(json_ready(report), indent=2) + "\n")
     except OSError as error:
         raise EvaluationError(f"cannot write {path}: {error}") from error
 
