@@ -151,7 +151,12 @@ def load_segany_checkpoint(
 ) -> TrajectoryTransformer:
     """A model with the original checkpoint's weights, in eval mode (see the module docstring for
     why its outputs differ from the original's)."""
-    saved = torch.load(Path(path), map_location=device, weights_only=True)
+    return segany_model(torch.load(Path(path), map_location=device, weights_only=True), config, device)
+
+
+def segany_model(saved: dict, config: TrajectoryTransformerConfig | None = None,
+                 device: str = "cpu") -> TrajectoryTransformer:
+    """:func:`load_segany_checkpoint` for a checkpoint already read by ``torch.load``."""
     state_dict = saved.get("model_state_dict", saved)
     config = config or TrajectoryTransformerConfig()
     model = TrajectoryTransformer(config)

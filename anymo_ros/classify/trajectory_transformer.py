@@ -564,13 +564,13 @@ def load_weights(path: str | Path, device: str = "cpu") -> TrajectoryTransformer
         raise FileNotFoundError(f"trajectory classifier weights not found: {path}")
     saved = torch.load(path, map_location=device, weights_only=True)
     if not (isinstance(saved, dict) and "config" in saved and "state_dict" in saved):
-        from anymo_ros.classify.segany_checkpoint import is_segany_checkpoint, load_segany_checkpoint
+        from anymo_ros.classify.segany_checkpoint import is_segany_checkpoint, segany_model
         if not is_segany_checkpoint(saved):
             raise ValueError(f"{path} is neither a weights file written by anymo-train-classifier "
                              "nor a SegAnyMo checkpoint")
         _log.warning("%s is an original SegAnyMo checkpoint: mapped onto the paper-size model; its inputs "
                      "differ from the original's, so its outputs are not the original's (see the README)", path)
-        return load_segany_checkpoint(path, device=device)
+        return segany_model(saved, device=device)
     model = TrajectoryTransformer(TrajectoryTransformerConfig.from_dict(saved["config"]))
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()
