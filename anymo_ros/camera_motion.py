@@ -136,9 +136,14 @@ def _sample_grid(grid: np.ndarray, xy: np.ndarray, image_size: tuple[int, int]) 
 
 
 def fit_camera_motion(source: np.ndarray, target: np.ndarray, static_weight: np.ndarray,
-                      image_size: tuple[int, int]) -> CameraMotion | None:
+                      image_size: tuple[int, int], parallax_from_believed: bool = False) -> CameraMotion | None:
     """Fit the camera motion from correspondences; ``static_weight`` in [0, 1] is the prior belief
     that each point is static (from earlier frames). Returns None when there are too few points.
+
+    ``parallax_from_believed`` lets only points believed static vote for the parallax regime.
+    Over a long baseline a large mover seen by a rotating camera fits a degenerate fundamental
+    matrix with the background; frame to frame the vote stays label-free, so that parallax
+    wrongly labelled moving can return to the static scene.
     """
     if len(source) < _MIN_POINTS:
         return None
@@ -158,8 +163,10 @@ def fit_camera_motion(source: np.ndarray, target: np.ndarray, static_weight: np.
         fundamental, f_inliers = _robust_fundamental(src, dst)
         if fundamental is not None:
             f_inliers = f_inliers.ravel().astype(bool)
-            parallax = f_inliers & (h_error >= 2.0)
-            if f_inliers.sum() > _PARALLAX_GAIN * max(int((h_error < 2.0).sum()), 1) and f_inliers.sum() >= 30 \
+            voters = believed if parallax_from_believed else np.ones(len(src), bool)
+            f_votes = int((f_inliers & voters).sum())
+            parallax = f_inliers & voters & (h_error >= 2.0)
+            if f_votes > _PARALLAX_GAIN * max(int(((h_error < 2.0) & voters).sum()), 1) and f_votes >= 30 \
                     and _spread(src[parallax], image_size) >= _PARALLAX_MIN_CELLS:
                 # Two views cannot tell parallax from motion along epipolar lines (two translating
                 # layers fit one F exactly), so points believed moving stay out of the model. A

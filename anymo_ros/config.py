@@ -37,6 +37,8 @@ class ClassifierConfig:
     learned_every: int = _param(4, "Run the learned classifier on every k-th frame; in between, tracks keep their last "
                                    "learned probability (new tracks rely on the geometric one in the ensemble).")
     residual_window: int = _param(12, "Frames of per-track residual history scored by the geometric classifier.")
+    long_baseline: int = _param(8, "Frames between the two views of the geometric classifier's long-baseline residual, "
+                                   "which finds slow and large movers that a frame-to-frame fit absorbs; 0 turns it off.")
     z_threshold: float = _param(8.0, "Residual significance (in noise sigmas) at which a track is half-way dynamic.")
     smoothing: float = _param(0.5, "Weight of the newest probability in the per-track exponential smoothing.")
     hysteresis_on: float = _param(0.6, "Smoothed probability above which a track turns dynamic.")

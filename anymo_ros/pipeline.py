@@ -247,7 +247,7 @@ class MotionSegmenter:
                                            lambda points: self.models.semantics.sample(features, points))
             semantics, _ = self.semantic_cache.vectors(ids)
         frame = self.classifier.step(ids, prev_xy, xy, paired, (gray.shape[1], gray.shape[0]), prior,
-                                     fit_backward=True, window=window, semantics=semantics)
+                                     fit_backward=True, window=window, semantics=semantics, visible=visible)
         probability = frame.probability
         stage_times["classify"] = stage_times.get("classify", 0.0) + time.perf_counter() - tic
 

@@ -95,6 +95,8 @@ class OnlineTrackClassifier:
             raise ValueError(f"unknown classifier backend '{config.backend}' (available: {', '.join(BACKENDS)})")
         if not 0.0 <= config.learned_weight <= 1.0:
             raise ValueError(f"learned_weight must lie in [0, 1], got {config.learned_weight}")
+        if config.long_baseline < 0:
+            raise ValueError(f"long_baseline must be 0 (off) or a number of frames, got {config.long_baseline}")
         if config.learned_every < 1:
             raise ValueError(f"learned_every must be at least 1, got {config.learned_every}")
         self.config = config
@@ -123,11 +125,13 @@ class OnlineTrackClassifier:
 
     def step(self, ids: np.ndarray, prev_xy: np.ndarray, xy: np.ndarray, paired: np.ndarray,
              image_size: tuple[int, int], prior: np.ndarray, fit_backward: bool = False,
-             window: WindowTracks | None = None, semantics: np.ndarray | None = None) -> FrameClassification:
+             window: WindowTracks | None = None, semantics: np.ndarray | None = None,
+             visible: np.ndarray | None = None) -> FrameClassification:
         """Classify sorted track ``ids`` at the current frame.
 
         ``prev_xy``/``xy`` are positions in the previous and current frame, ``paired`` marks
-        tracks visible in both; ``prior`` is the probability given to tracks seen the first time.
+        tracks visible in both, ``visible`` those visible now (default: ``paired``); ``prior`` is
+        the probability given to tracks seen the first time.
         The learned scorer also needs the ``window`` history of ``ids`` (current frame included)
         and takes optional per-track ``semantics``.
         """
@@ -142,7 +146,9 @@ class OnlineTrackClassifier:
             residual = np.full((len(ids), 2), np.nan, np.float32)
             if forward is not None:
                 residual[paired] = forward.residual(prev_xy[paired], xy[paired]) / forward.noise_sigma
-            geometric = self.geometric.update(ids, residual)
+            seen = paired if visible is None else visible
+            tracked_xy = np.where(seen[:, None], xy, np.nan)
+            geometric = self.geometric.update(ids, residual, tracked_xy, static_weight, image_size)
             evidence = np.maximum(evidence, self.geometric.evidence_count(ids))
         if self.learned is not None:
             if window is None:
@@ -167,7 +173,7 @@ class OnlineTrackClassifier:
             window = WindowTracks(ids, xy[:, first:t + 1].astype(np.float32), visible[:, first:t + 1],
                                   confidence[:, first:t + 1], None, np.arange(first, t + 1, dtype=np.float64))
             result = self.step(ids, xy[:, t - 1].astype(np.float32), xy[:, t].astype(np.float32), paired,
-                               image_size, priors, window=window)
+                               image_size, priors, window=window, visible=visible[:, t])
         return result
 
 
