@@ -27,7 +27,8 @@ from anymo_ros.window import carry_over
 
 _ENERGY_CLIP = 6.0   # sigmas: one tracker glitch must not make a track dynamic on its own
 _SLOPE = 3.0
-_LONG_MEDIAN = 4     # long-baseline residuals per track whose median is scored
+_LONG_MEDIAN = 4     # long-baseline residuals per track (the latest fits) whose median is scored
+_LONG_EVERY = 2      # frames between long-baseline fits: neighbours share most of their baseline
 # px: over several frames a camera model's error (coarse parallax field, one homography) grows
 # past the tracker's accuracy; on clean tracks a layer boundary would otherwise read as motion.
 _LONG_NOISE_FLOOR = 0.25
@@ -45,6 +46,7 @@ class GeometricClassifier:
         self._history = np.zeros((0, self.config.residual_window, 2), np.float32)
         self._positions = np.zeros((0, max(self.config.long_baseline, 1), 2), np.float32)
         self._long_history = np.zeros((0, _LONG_MEDIAN, 2), np.float32)
+        self._frames = 0
 
     def update(self, ids: np.ndarray, normalised_residual: np.ndarray, xy: np.ndarray,
                static_weight: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
@@ -58,9 +60,12 @@ class GeometricClassifier:
         long_history = None
         if self.config.long_baseline > 0:
             positions = carry_over(self._ids, self._positions, ids, np.nan)
-            long_residual = _long_baseline_residual(positions[:, 0], xy, static_weight, image_size)
+            long_history = carry_over(self._ids, self._long_history, ids, np.nan)
+            if self._frames % _LONG_EVERY == 0:
+                long_residual = _long_baseline_residual(positions[:, 0], xy, static_weight, image_size)
+                long_history = _push(long_history, long_residual)
+            self._frames += 1
             self._positions = _push(positions, xy)
-            long_history = _push(carry_over(self._ids, self._long_history, ids, np.nan), long_residual)
             self._long_history = long_history
         self._ids, self._history = ids, history
         return self.score(history, long_history)
