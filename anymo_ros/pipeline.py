@@ -14,7 +14,7 @@ from collections import Counter
 import cv2
 import numpy as np
 
-from anymo_ros.classify.online import OnlineTrackClassifier
+from anymo_ros.classify.online import OnlineTrackClassifier, check_classifier_parameters
 from anymo_ros.config import SegmenterConfig
 from anymo_ros.densify.flow import (
     FlowResidualDensifier,
@@ -76,7 +76,11 @@ class MotionSegmenter:
         self.problems.append(problem)
 
     def _create_classifier(self) -> OnlineTrackClassifier:
-        """The configured classifier; the geometric one, with the reason recorded, if it cannot load."""
+        """The configured classifier; the geometric one, with the reason recorded, if it cannot load.
+
+        A parameter out of range is the user's to fix, not a reason to fall back: ValueError.
+        """
+        check_classifier_parameters(self.config.classifier)
         try:
             return OnlineTrackClassifier(self.config.classifier, str(self.models.device))
         except (FileNotFoundError, RuntimeError, KeyError, ValueError) as error:

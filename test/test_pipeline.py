@@ -171,6 +171,18 @@ def test_unknown_backends_fall_back_with_a_reason(section, fallback):
         assert segmenter.feed(frame, stamp).label_image.shape == (120, 160)
 
 
+@pytest.mark.parametrize("parameter, value, message", [
+    ("long_baseline", -1, "long_baseline must be 0"), ("learned_every", 0, "learned_every must be at least 1"),
+    ("learned_weight", 1.5, "learned_weight must lie in")])
+def test_classifier_parameter_out_of_range_is_an_error_not_a_fallback(caplog, parameter, value, message):
+    config = SegmenterConfig()
+    setattr(config.classifier, parameter, value)
+    with caplog.at_level("WARNING"), pytest.raises(ValueError, match=message):
+        MotionSegmenter(config)
+    # The geometric classifier reads the same parameters: announcing a fallback would be false.
+    assert "falling back" not in caplog.text
+
+
 def test_torch_threads_come_from_the_config():
     import torch
     before = torch.get_num_threads()

@@ -86,19 +86,25 @@ class FrameClassification:
 BACKENDS = ("geometric", "learned", "ensemble")
 
 
+def check_classifier_parameters(config: ClassifierConfig) -> None:
+    """ValueError naming the first numeric classifier parameter out of range."""
+    if not 0.0 <= config.learned_weight <= 1.0:
+        raise ValueError(f"learned_weight must lie in [0, 1], got {config.learned_weight}")
+    if config.long_baseline < 0:
+        raise ValueError(f"long_baseline must be 0 (off) or a number of frames, got {config.long_baseline}")
+    if config.learned_every < 1:
+        raise ValueError(f"learned_every must be at least 1, got {config.learned_every}")
+
+
 class OnlineTrackClassifier:
     """Dynamic/static classification of tracks, fed one frame at a time."""
 
     def __init__(self, config: ClassifierConfig, device: str = "cpu"):
-        """Raises ValueError for an unknown backend, FileNotFoundError for missing weights."""
+        """Raises ValueError for an unknown backend, a parameter out of range or unreadable
+        weights, FileNotFoundError for missing weights."""
         if config.backend not in BACKENDS:
             raise ValueError(f"unknown classifier backend '{config.backend}' (available: {', '.join(BACKENDS)})")
-        if not 0.0 <= config.learned_weight <= 1.0:
-            raise ValueError(f"learned_weight must lie in [0, 1], got {config.learned_weight}")
-        if config.long_baseline < 0:
-            raise ValueError(f"long_baseline must be 0 (off) or a number of frames, got {config.long_baseline}")
-        if config.learned_every < 1:
-            raise ValueError(f"learned_every must be at least 1, got {config.learned_every}")
+        check_classifier_parameters(config)
         self.config = config
         self.geometric = GeometricClassifier(config) if config.backend != "learned" else None
         self.learned = LearnedScorer(config, device) if config.backend != "geometric" else None
