@@ -2,10 +2,10 @@
 
 A region inherits the id that most of its tracks carried last frame, or failing that the id
 whose previous mask (carried along the flow) it overlaps most. Regions claiming the same id
-close together are one object seen in pieces and are merged; far apart, the larger keeps the
-id. What matches nothing is compared with objects that are lost, or seen only as a weak
-remnant, at the position predicted from their last well-supported sighting: this carries an
-id through a short occlusion. Ids are never reused within a run.
+close together and moving alike are one object seen in pieces and are merged; far apart, or
+moving differently, the larger keeps the id. What matches nothing is compared with objects
+that are lost, or seen only as a weak remnant, at the position predicted from their last
+well-supported sighting: this carries an id through a short occlusion. Ids are never reused within a run.
 """
 from __future__ import annotations
 
@@ -20,6 +20,38 @@ _MERGE_GAP = 0.05            # fraction of the image diagonal between pieces of 
 _REIDENTIFY_GATE = 0.15      # fraction of the image diagonal around a lost object's prediction
 _WEAK_SUPPORT = 0.5          # fraction of peak support below which a sighting is a remnant
 _PEAK_DECAY = 0.98           # per frame
+_DISTINCT_SPEED = 1.0        # px per frame: slower differences are tracker noise or deformation
+_DISTINCT_FRACTION = 0.3     # of the faster speed: parts of a turning or deforming body differ by less
+_SEPARATION = 5.0            # separate movers differ by this many times their velocity spreads
+
+
+def moving_alike(velocity_a: np.ndarray, velocity_b: np.ndarray, spread_a=0.0, spread_b=0.0) -> np.ndarray:
+    """Whether two velocities (px per frame, broadcasting) could belong to one object. ``spread_*``
+    is how much each velocity varies over the tracks it sums up: rigid movers are tight clusters
+    in velocity, the parts of a body in motion are not."""
+    difference = np.linalg.norm(velocity_a - velocity_b, axis=-1)
+    faster = np.maximum(np.linalg.norm(velocity_a, axis=-1), np.linalg.norm(velocity_b, axis=-1))
+    return difference < np.maximum(np.maximum(_DISTINCT_SPEED, _DISTINCT_FRACTION * faster),
+                                   _SEPARATION * (np.asarray(spread_a) + np.asarray(spread_b)))
+
+
+def own_motion(velocity: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """Median and spread (median distance from it) of track velocities (N, 2); None without any."""
+    velocity = velocity[np.isfinite(velocity).all(axis=1)]
+    if len(velocity) == 0:
+        return None
+    median = np.median(velocity, axis=0)
+    return median, float(np.median(np.linalg.norm(velocity - median, axis=1)))
+
+
+def separate_movers(motion_a: tuple[np.ndarray, float] | None, motion_b: tuple[np.ndarray, float] | None) -> bool:
+    """Whether two parts, by their ``own_motion`` (the camera's motion taken out), are two moving objects."""
+    if motion_a is None or motion_b is None:
+        return False
+    (velocity_a, spread_a), (velocity_b, spread_b) = motion_a, motion_b
+    still = np.zeros(2)
+    return not (moving_alike(velocity_a, still) or moving_alike(velocity_b, still)
+                or moving_alike(velocity_a, velocity_b, spread_a, spread_b))
 
 
 @dataclass
@@ -64,12 +96,16 @@ class IdentityTracker:
         self.memory.clear()
 
     def assign(self, masks: list[np.ndarray], track_counts: list[int], claims: list[Claim],
-               velocities: list[np.ndarray], frame_index: int, stamp: float) -> list[tuple[int, list[int]]]:
+               velocities: list[np.ndarray], frame_index: int, stamp: float,
+               own_motions: list[tuple[np.ndarray, float] | None] | None = None) -> list[tuple[int, list[int]]]:
         """Returns (object id, indices of the regions forming it) per object of this frame.
 
         ``velocities`` are each region's mean track motion (px per frame, mask pixels); tracks keep
         moving with the object while occlusion eats its mask, so they predict better than centroids.
+        ``own_motions`` are each region's ``own_motion`` (None where unknown): two regions that
+        both move, and differently, are never merged.
         """
+        own_motions = own_motions or [None] * len(masks)
         height, width = masks[0].shape if masks else (1, 1)
         diagonal = float(np.hypot(height, width))
         candidates = []  # (score, region, id)
@@ -92,7 +128,8 @@ class IdentityTracker:
             members = groups.get(object_id)
             if members is None:
                 groups[object_id] = [region]
-            elif _gap(masks, members, region) <= _MERGE_GAP * diagonal:
+            elif _gap(masks, members, region) <= _MERGE_GAP * diagonal \
+                    and not separate_movers(own_motions[region], own_motions[members[0]]):
                 members.append(region)
             else:
                 continue

@@ -14,6 +14,7 @@ from collections import Counter
 import cv2
 import numpy as np
 
+from anymo_ros.camera_motion import CameraMotion
 from anymo_ros.classify.online import OnlineTrackClassifier, check_classifier_parameters
 from anymo_ros.config import SegmenterConfig
 from anymo_ros.densify.flow import (
@@ -24,13 +25,14 @@ from anymo_ros.densify.flow import (
     warp_backward,
 )
 from anymo_ros.devices import create_backends
-from anymo_ros.identity import Claim, IdentityTracker
+from anymo_ros.identity import Claim, IdentityTracker, own_motion
 from anymo_ros.semantics import SemanticTrackCache
 from anymo_ros.tracking import TrackUpdate, create_tracker
 from anymo_ros.types import MovingObject, SegmentationResult, TrackSnapshot
 from anymo_ros.window import TrackWindow, carry_over
 
 _log = logging.getLogger(__name__)
+_VELOCITY_FRAMES = 4   # frames over which a track's recent motion is measured for grouping
 
 
 class InvalidImageError(ValueError):
@@ -270,7 +272,7 @@ class MotionSegmenter:
             if object_of_track is None:  # SAM2 just failed: the flow densifier's ids continue after SAM2's
                 self.identity.skip_ids_below(self._prompting_used.next_id)
         if object_of_track is None:
-            object_of_track = self._segment(rgb, ids, xy, prev_xy, visible & frame.dynamic, static,
+            object_of_track = self._segment(rgb, ids, xy, prev_xy, visible & frame.dynamic, static, frame.backward,
                                             update.frame_index, stamp)
         stage_times["segment"] = stage_times.get("segment", 0.0) + time.perf_counter() - tic
 
@@ -280,11 +282,17 @@ class MotionSegmenter:
         self._prev_xy = prev_xy
 
     def _segment(self, rgb: np.ndarray, ids: np.ndarray, xy: np.ndarray, prev_xy: np.ndarray, dynamic: np.ndarray,
-                 static: np.ndarray, frame_index: int, stamp: float) -> np.ndarray:
+                 static: np.ndarray, camera_backward: CameraMotion | None, frame_index: int,
+                 stamp: float) -> np.ndarray:
         """Regions from the motion map, ids from the identity tracker; returns each track's object id."""
         densifier = self.densifier
         dynamic_rows = np.flatnonzero(dynamic)
-        regions = densifier.regions(rgb, xy[dynamic_rows], xy[static])
+        own_velocity = None
+        if camera_backward is not None:
+            dynamic_xy = xy[dynamic_rows]
+            camera_velocity = dynamic_xy - camera_backward.predict(dynamic_xy)
+            own_velocity = self._recent_velocity(ids[dynamic_rows]) - camera_velocity
+        regions = densifier.regions(rgb, xy[dynamic_rows], xy[static], own_velocity, self.config.tracker.grid_spacing)
         previous_objects = carry_over(self._ids, self._object_of_track, ids, 0)
         warped_labels = None
         if self._labels_small is not None and densifier.backward_flow is not None \
@@ -300,14 +308,15 @@ class MotionSegmenter:
                     overlap[int(object_id)] = count / max(len(under), 1)
             claims.append(Claim(dict(votes), overlap))
         flow_scale = densifier.motion_map.shape[1] / rgb.shape[1]
-        velocities = []
+        velocities, own_motions = [], []
         for region in regions:
             rows = dynamic_rows[region.track_rows]
             step = (xy[rows] - prev_xy[rows]) * flow_scale
             step = step[np.isfinite(step).all(axis=1)]
             velocities.append(step.mean(axis=0) if len(step) else np.zeros(2))
+            own_motions.append(None if own_velocity is None else own_motion(own_velocity[region.track_rows] * flow_scale))
         groups = self.identity.assign([r.mask for r in regions], [len(r.track_rows) for r in regions],
-                                      claims, velocities, frame_index, stamp)
+                                      claims, velocities, frame_index, stamp, own_motions)
         height, width = densifier.motion_map.shape
         labels = np.zeros((height, width), np.uint16)
         object_of_track = np.zeros(len(ids), np.int32)
@@ -322,6 +331,18 @@ class MotionSegmenter:
             self._first_frame.setdefault(object_id, frame_index)
         self._labels_small = labels
         return object_of_track
+
+    def _recent_velocity(self, ids: np.ndarray) -> np.ndarray:
+        """Each track's mean motion (processing px per frame) over the last few frames; NaN if not
+        seen at both ends."""
+        history = self.window.tracks(ids)
+        lag = min(_VELOCITY_FRAMES, history.xy.shape[1] - 1)
+        if lag < 1:
+            return np.full((len(ids), 2), np.nan, np.float32)
+        seen = history.visible[:, -1] & history.visible[:, -1 - lag]
+        velocity = (history.xy[:, -1] - history.xy[:, -1 - lag]) / lag
+        velocity[~seen] = np.nan
+        return velocity
 
     def _prompt(self, rgb: np.ndarray, ids: np.ndarray, xy: np.ndarray, visible: np.ndarray,
                 probability: np.ndarray, frame_index: int, stamp: float) -> np.ndarray:

@@ -2,7 +2,59 @@
 import cv2
 import numpy as np
 
-from anymo_ros.densify.flow import fill_holes, flow_magnitude, quantise_colours, refine_with_colour, warp_backward
+from anymo_ros.densify.flow import (
+    fill_holes,
+    flow_magnitude,
+    quantise_colours,
+    refine_with_colour,
+    split_by_motion,
+    warp_backward,
+)
+
+SPACING = 12.0
+
+
+def _grid(x0, y0, columns, rows):
+    xs, ys = np.meshgrid(np.arange(columns) * SPACING + x0, np.arange(rows) * SPACING + y0)
+    return np.c_[xs.ravel(), ys.ravel()].astype(np.float32)
+
+
+def _split(xy, velocity):
+    rng = np.random.default_rng(0)
+    noisy = velocity + rng.normal(0, 0.1, velocity.shape)
+    return sorted(sorted(group.tolist()) for group in split_by_motion(xy, noisy, 1.5 * SPACING, 6))
+
+
+def test_two_movers_with_a_gap_between_their_tracks_are_two_groups():
+    top, bottom = _grid(100, 40, 8, 4), _grid(100, 40 + 3 * SPACING + 20, 8, 4)
+    xy = np.r_[top, bottom]
+    rows_top, rows_bottom = list(range(len(top))), list(range(len(top), len(xy)))
+    velocity = np.r_[np.tile([-7.0, 0.0], (len(top), 1)), np.tile([2.0, 0.5], (len(bottom), 1))]
+    assert _split(xy, velocity) == [rows_top, rows_bottom]
+    # Tracks of unknown velocity join the group of their nearest track.
+    unknown = velocity.copy()
+    unknown[[0, len(top)]] = np.nan
+    assert _split(xy, unknown) == [rows_top, rows_bottom]
+    # Moving alike, or one moving with the camera (own velocity ~0): one group.
+    assert _split(xy, np.tile([-7.0, 0.0], (len(xy), 1))) == [list(range(len(xy)))]
+    with_camera = velocity.copy()
+    with_camera[len(top):] = 0.0
+    assert _split(xy, with_camera) == [list(range(len(xy)))]
+
+
+def test_a_turning_body_is_one_group_even_with_a_gap_in_its_tracks():
+    def turning(points):
+        # 0.08 rad per frame about the body's centre while drifting right: neighbours differ by 1 px.
+        offset = points - np.array([154.0, 94.0])
+        return 0.08 * np.c_[-offset[:, 1], offset[:, 0]] + np.array([4.0, 0.0])
+
+    body = _grid(100, 40, 10, 10)
+    assert _split(body, turning(body)) == [list(range(len(body)))]
+    # A limb beyond a textureless gap moves unlike the body's middle, but within the spread of
+    # the body's own velocities: still one group.
+    limb = _grid(100 + 9 * SPACING + 25, 40, 4, 4)
+    xy = np.r_[body, limb]
+    assert _split(xy, np.r_[turning(body), turning(limb) + np.array([1.5, 0.0])]) == [list(range(len(xy)))]
 
 
 def test_fill_holes_fills_enclosed_background_only():

@@ -42,6 +42,29 @@ def test_pieces_of_one_object_merge_but_distant_claimants_do_not():
     assert dict(apart)[1] == [0] and len(apart) == 2
 
 
+def test_close_pieces_that_move_differently_stay_two_objects():
+    """Two objects that were seen as one blob split again: both pieces carry the blob's id."""
+    tracker = IdentityTracker(IdentityConfig())
+    tracker.assign([_box(50, 40, 40, 40)], [20], [_no_claim()], [np.zeros(2)], 0, 0.0)
+    pieces = [_box(50, 40, 40, 18), _box(50, 60, 40, 20)]
+    claims = [Claim({1: 10}, {}), Claim({1: 10}, {})]
+    # Own motions (camera taken out) with their spreads over each piece's tracks.
+    one_left, one_right = (np.array([-6.0, 0.0]), 0.2), (np.array([3.0, 0.5]), 0.2)
+    split = tracker.assign(pieces, [10, 10], claims, [np.zeros(2)] * 2, 1, 0.1, [one_left, one_right])
+    assert [members for _, members in split] == [[0], [1]] and split[0][0] == 1
+    # Alike once the spread of each piece's tracks (a body whose parts move) is allowed for.
+    tracker = IdentityTracker(IdentityConfig())
+    tracker.assign([_box(50, 40, 40, 40)], [20], [_no_claim()], [np.zeros(2)], 0, 0.0)
+    loose_left, loose_right = (one_left[0], 1.0), (one_right[0], 1.0)
+    assert tracker.assign(pieces, [10, 10], claims, [np.zeros(2)] * 2, 1, 0.1,
+                          [loose_left, loose_right]) == [(1, [0, 1])]
+    # A piece that moves like the camera (background dragged along) is no second mover.
+    tracker = IdentityTracker(IdentityConfig())
+    tracker.assign([_box(50, 40, 40, 40)], [20], [_no_claim()], [np.zeros(2)], 0, 0.0)
+    assert tracker.assign(pieces, [10, 10], claims, [np.zeros(2)] * 2, 1, 0.1,
+                          [one_left, (np.array([0.3, 0.0]), 0.1)]) == [(1, [0, 1])]
+
+
 def test_object_reappearing_after_occlusion_gets_its_id_back():
     tracker = IdentityTracker(IdentityConfig(max_lost_frames=20))
     velocity = np.array([4.0, 0.0])

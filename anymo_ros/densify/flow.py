@@ -15,9 +15,13 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from anymo_ros.camera_motion import CameraMotion
 from anymo_ros.config import DensifyConfig
+from anymo_ros.identity import moving_alike, own_motion
 
 _DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
@@ -31,6 +35,9 @@ _BACKGROUND_LEVEL = 0.2
 _OCCLUSION_PX = 1.5      # forward-backward flow disagreement marking (dis)occluded pixels  # motion-map value below which a pixel seeds the background
 _ABSORB_KERNEL = np.ones((6, 6), np.uint8)  # the paper's stage-1 dilation, 3 iterations
 _FLOW_NOISE_FLOOR = 0.3  # px: DIS errors are spatially correlated, so the sampled spread understates them
+_LINK_SPACINGS = 1.5     # tracks closer than this many seeding-grid spacings are spatial neighbours
+_SPLIT_SUPPORT = 2       # times an object's minimum of tracks that a part needs to split off: a
+                         # sliver of dragged or parallax tracks beside an object is no second mover
 
 
 @dataclass
@@ -104,12 +111,15 @@ class FlowResidualDensifier:
         self.backward_flow = flow
         return self.motion_map
 
-    def regions(self, rgb: np.ndarray, dynamic_xy: np.ndarray, static_xy: np.ndarray) -> list[Region]:
+    def regions(self, rgb: np.ndarray, dynamic_xy: np.ndarray, static_xy: np.ndarray,
+                dynamic_velocity: np.ndarray | None = None, track_spacing: float = 0.0) -> list[Region]:
         """Object regions: parts of the thresholded motion map holding enough dynamic tracks,
         with boundaries snapped to image edges by a marker watershed.
 
         ``rgb`` is the processing-resolution frame; ``dynamic_xy``/``static_xy`` are positions
-        (processing px) of tracks confidently dynamic / static.
+        (processing px) of tracks confidently dynamic / static. With ``dynamic_velocity`` (px per
+        frame, the camera's motion taken out; NaN where unknown) and ``track_spacing``, a part of the map holding spatially
+        separate groups of tracks that move differently is split into one region per group.
         """
         if self.motion_map is None or len(dynamic_xy) == 0:
             return []
@@ -126,21 +136,38 @@ class FlowResidualDensifier:
         track_component = np.where(components[dyn_row, dyn_col] > 0, components[dyn_row, dyn_col],
                                    reach[dyn_row, dyn_col])
         min_area = self.config.min_object_area * height * width
-        candidates = [(component, np.flatnonzero(track_component == component)) for component in range(1, count)]
+        candidates = []   # (seed mask, rows of its tracks)
+        for component in range(1, count):
+            rows = np.flatnonzero(track_component == component)
+            if len(rows) < self.config.min_object_tracks:
+                continue
+            seed = components == component
+            if seed.sum() < min_area:
+                continue
+            groups = [rows]
+            if dynamic_velocity is not None and track_spacing > 0:
+                groups = [rows[g] for g in split_by_motion(dynamic_xy[rows], dynamic_velocity[rows],
+                                                           _LINK_SPACINGS * track_spacing,
+                                                           self.config.min_object_tracks)]
+            if len(groups) == 1:
+                candidates.append((seed, rows))
+                continue
+            for group, part in zip(groups, _nearest_track_parts(seed, dyn_col, dyn_row, groups)):
+                candidates.append((part, group))
         candidates.sort(key=lambda c: -len(c[1]))
         # The paper's stage-1 rule: tracks within a dilated accepted object belong to it, so
         # slivers of dragged tracks beside an object do not become objects of their own.
         absorbed = np.zeros((height, width), np.uint8)
         kept = []
-        for component, rows in candidates:
+        for seed, rows in candidates:
             own = rows[absorbed[dyn_row[rows], dyn_col[rows]] == 0]
-            if len(own) < self.config.min_object_tracks or (components == component).sum() < min_area:
+            if len(own) < self.config.min_object_tracks or seed.sum() < min_area:
                 continue
-            kept.append((component, rows))
-            absorbed |= cv2.dilate((components == component).astype(np.uint8), _ABSORB_KERNEL, iterations=3)
+            kept.append((seed, rows))
+            absorbed |= cv2.dilate(seed.astype(np.uint8), _ABSORB_KERNEL, iterations=3)
         if not kept:
             return []
-        markers = self._markers(components, kept, dyn_col, dyn_row, static_xy * scale)
+        markers = self._markers(kept, dyn_col, dyn_row, static_xy * scale)
         small_rgb = rgb if rgb.shape[:2] == (height, width) else cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
         cv2.watershed(np.ascontiguousarray(small_rgb), markers)
         regions = []
@@ -152,23 +179,85 @@ class FlowResidualDensifier:
                 regions.append(Region(mask, rows))
         return regions
 
-    def _markers(self, components: np.ndarray, kept: list[tuple[int, np.ndarray]], dyn_col: np.ndarray,
-                 dyn_row: np.ndarray, static_xy: np.ndarray) -> np.ndarray:
+    def _markers(self, kept: list[tuple[np.ndarray, np.ndarray]], dyn_col: np.ndarray, dyn_row: np.ndarray,
+                 static_xy: np.ndarray) -> np.ndarray:
         """Watershed seeds: 1 = background, 2.. = objects, 0 = undecided band around each object."""
-        height, width = components.shape
+        height, width = self.motion_map.shape
         band = max(3, round(0.02 * max(height, width)))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
-        objects = np.isin(components, [component for component, _ in kept]).astype(np.uint8)
+        objects = np.logical_or.reduce([seed for seed, _ in kept]).astype(np.uint8)
         markers = np.where(cv2.dilate(objects, kernel) > 0, 0, 1).astype(np.int32)
         markers[self.motion_map < _BACKGROUND_LEVEL] = 1
-        for label, (component, _) in enumerate(kept, start=2):
-            markers[cv2.erode((components == component).astype(np.uint8), kernel) > 0] = label
+        for label, (seed, _) in enumerate(kept, start=2):
+            markers[cv2.erode(seed.astype(np.uint8), kernel) > 0] = label
         # Tracks outrank the smooth map: a static track inside a blob is background.
         st_col, st_row = _pixel(static_xy, width, height)
         markers[st_row, st_col] = 1
         for label, (_, rows) in enumerate(kept, start=2):
             markers[dyn_row[rows], dyn_col[rows]] = label
         return markers
+
+
+def split_by_motion(xy: np.ndarray, velocity: np.ndarray, link_distance: float, min_tracks: int) -> list[np.ndarray]:
+    """Groups of tracks (row indices) by spatial proximity and motion similarity.
+
+    ``velocity`` is each track's own motion, the camera's taken out (px per frame, NaN where
+    unknown). Neighbouring tracks (closer than ``link_distance``) that move alike are chained
+    into parts. A part of at least twice ``min_tracks`` tracks that moves unlike the camera is an
+    object, unless its median velocity is alike another's, when they join (one object whose
+    tracks have a gap, as on a textureless surface). Other parts (background dragged along
+    with an object) and tracks of unknown velocity join the group of their nearest track. A
+    deforming body stays one group, since its motion changes little from one track to the next.
+    """
+    count = len(xy)
+    everything = [np.arange(count)]
+    if count < 2 * _SPLIT_SUPPORT * min_tracks:
+        return everything
+    known = np.isfinite(velocity).all(axis=1)
+    if moving_alike(velocity[known], np.median(velocity[known], axis=0)).all():
+        return everything   # one motion: nothing to split (the common case, and cheap)
+    pairs = cKDTree(xy).query_pairs(link_distance, output_type="ndarray")
+    pairs = pairs[known[pairs[:, 0]] & known[pairs[:, 1]]]
+    pairs = pairs[moving_alike(velocity[pairs[:, 0]], velocity[pairs[:, 1]])]
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(count, count))
+    parts, part_of = connected_components(graph, directed=False)
+    big, motions, spreads = [], [], []
+    known_per_part = np.bincount(part_of[known], minlength=parts)
+    for part in np.flatnonzero(known_per_part >= _SPLIT_SUPPORT * min_tracks):
+        rows = np.flatnonzero((part_of == part) & known)
+        motion, spread = own_motion(velocity[rows])
+        if not moving_alike(motion, np.zeros(2)):
+            big.append(part)
+            motions.append(motion)
+            spreads.append(spread)
+    if len(big) < 2:
+        return everything
+    motions, spreads = np.array(motions), np.array(spreads)
+    alike = moving_alike(motions[:, None], motions[None], spreads[:, None], spreads[None])
+    groups, group_of_big = connected_components(alike, directed=False)
+    if groups == 1:
+        return everything
+    group_of_part = np.full(parts, -1)
+    group_of_part[big] = group_of_big
+    group = group_of_part[part_of]
+    placed = np.flatnonzero(group >= 0)
+    loose = np.flatnonzero(group < 0)
+    if len(loose):
+        _, nearest = cKDTree(xy[placed]).query(xy[loose])
+        group[loose] = group[placed[nearest]]
+    return [np.flatnonzero(group == g) for g in range(groups)]
+
+
+def _nearest_track_parts(seed: np.ndarray, dyn_col: np.ndarray, dyn_row: np.ndarray,
+                         groups: list[np.ndarray]) -> list[np.ndarray]:
+    """Splits ``seed`` into one part per track group: each pixel goes to the group of its nearest track."""
+    distances = []
+    for rows in groups:
+        sources = np.ones(seed.shape, np.uint8)
+        sources[dyn_row[rows], dyn_col[rows]] = 0
+        distances.append(cv2.distanceTransform(sources, cv2.DIST_L2, cv2.DIST_MASK_5))
+    nearest = np.argmin(np.stack(distances), axis=0)
+    return [seed & (nearest == g) for g in range(len(groups))]
 
 
 def quantise_colours(rgb: np.ndarray) -> np.ndarray:
