@@ -147,6 +147,7 @@ class MotionSegmenter:
         self._confidence = np.zeros(0, np.float32)
         self._prev_xy = np.zeros((0, 2), np.float32)
         self._object_of_track = np.zeros(0, np.int32)
+        self._identity_of_track = np.zeros(0, np.int32)   # the id a track votes for next frame
         self._members: dict[int, np.ndarray] = {}
         self._labels_small: np.ndarray | None = None
         self._frame_interval = 0.0
@@ -274,6 +275,8 @@ class MotionSegmenter:
         if object_of_track is None:
             object_of_track = self._segment(rgb, ids, xy, prev_xy, visible & frame.dynamic, static, frame.backward,
                                             update.frame_index, stamp)
+        else:
+            self._identity_of_track = object_of_track
         stage_times["segment"] = stage_times.get("segment", 0.0) + time.perf_counter() - tic
 
         self._ids, self._xy, self._visible = ids, xy, visible
@@ -293,7 +296,7 @@ class MotionSegmenter:
             camera_velocity = dynamic_xy - camera_backward.predict(dynamic_xy)
             own_velocity = self._recent_velocity(ids[dynamic_rows]) - camera_velocity
         regions = densifier.regions(rgb, xy[dynamic_rows], xy[static], own_velocity, self.config.tracker.grid_spacing)
-        previous_objects = carry_over(self._ids, self._object_of_track, ids, 0)
+        previous_objects = carry_over(self._ids, self._identity_of_track, ids, 0)
         warped_labels = None
         if self._labels_small is not None and densifier.backward_flow is not None \
                 and self._labels_small.shape == densifier.backward_flow.shape[:2]:
@@ -330,6 +333,13 @@ class MotionSegmenter:
             self._first_seen.setdefault(object_id, stamp)
             self._first_frame.setdefault(object_id, frame_index)
         self._labels_small = labels
+        # Tracks of a remembered object that is not seen this frame, now inside another object
+        # (two movers seen as one blob), keep voting for their own: when the blob splits again,
+        # each part gets its id back.
+        seen = [object_id for object_id, _ in groups]
+        absorbed = (object_of_track > 0) & (previous_objects > 0) & ~np.isin(previous_objects, seen) \
+            & np.isin(previous_objects, list(self.identity.memory))
+        self._identity_of_track = np.where(absorbed, previous_objects, object_of_track).astype(np.int32)
         return object_of_track
 
     def _recent_velocity(self, ids: np.ndarray) -> np.ndarray:

@@ -60,6 +60,24 @@ def test_objects_passing_close_by_keep_their_own_ids():
     assert ids_on[1] != ids_on[2]
 
 
+def test_objects_seen_as_one_blob_for_a_frame_get_their_ids_back():
+    """Two objects touch and are seen as one region (frames 14 and 40 of this clip); when they
+    separate, each gets back the id it had, rather than a new one or the other's."""
+    clip = render_clip(seed=2, num_frames=60, num_objects=2, camera_motion="shake")
+    results = _run(clip)
+    while_apart = {1: set(), 2: set()}
+    for result, gt in zip(results[WARM_UP:], clip.masks[WARM_UP:]):
+        majority = {}
+        for obj in (1, 2):
+            under = result.label_image[gt == obj]
+            labels, counts = np.unique(under[under > 0], return_counts=True)
+            majority[obj] = int(labels[np.argmax(counts)]) if len(labels) else 0
+        if majority[1] and majority[2] and majority[1] != majority[2]:
+            for obj in (1, 2):
+                while_apart[obj].add(majority[obj])
+    assert len(while_apart[1]) == 1 and len(while_apart[2]) == 1
+
+
 def test_single_object_keeps_one_id_and_reports_its_motion():
     clip = render_clip(seed=1, num_frames=50, num_objects=1, camera_motion="pan")
     results = _run(clip)
