@@ -214,8 +214,10 @@ def split_by_motion(xy: np.ndarray, velocity: np.ndarray, link_distance: float, 
     if count < 2 * _SPLIT_SUPPORT * min_tracks:
         return everything
     known = np.isfinite(velocity).all(axis=1)
-    if moving_alike(velocity[known], np.median(velocity[known], axis=0)).all():
-        return everything   # one motion: nothing to split (the common case, and cheap)
+    # A second mover would put enough tracks off the median motion (the common case ends here).
+    unlike = ~moving_alike(velocity[known], np.median(velocity[known], axis=0))
+    if unlike.sum() < _SPLIT_SUPPORT * min_tracks:
+        return everything
     pairs = cKDTree(xy).query_pairs(link_distance, output_type="ndarray")
     pairs = pairs[known[pairs[:, 0]] & known[pairs[:, 1]]]
     pairs = pairs[moving_alike(velocity[pairs[:, 0]], velocity[pairs[:, 1]])]
