@@ -345,13 +345,13 @@ class MotionSegmenter:
     def _recent_velocity(self, ids: np.ndarray) -> np.ndarray:
         """Each track's mean motion (processing px per frame) over the last few frames; NaN if not
         seen at both ends."""
-        history = self.window.tracks(ids)
-        lag = min(_VELOCITY_FRAMES, history.xy.shape[1] - 1)
+        lag = min(_VELOCITY_FRAMES, len(self.window) - 1)
         if lag < 1:
             return np.full((len(ids), 2), np.nan, np.float32)
-        seen = history.visible[:, -1] & history.visible[:, -1 - lag]
-        velocity = (history.xy[:, -1] - history.xy[:, -1 - lag]) / lag
-        velocity[~seen] = np.nan
+        now, seen_now = self.window.positions(ids, 0)
+        then, seen_then = self.window.positions(ids, lag)
+        velocity = (now - then) / lag
+        velocity[~(seen_now & seen_then)] = np.nan
         return velocity
 
     def _prompt(self, rgb: np.ndarray, ids: np.ndarray, xy: np.ndarray, visible: np.ndarray,

@@ -71,6 +71,18 @@ class TrackWindow:
         return WindowTracks(ids, xy, visible, confidence, depth, stamps)
 
 
+    def positions(self, ids: np.ndarray, age: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions (N, 2; NaN where unknown) and visibility of the given track ids ``age``
+        frames before the newest frame: the cheap path when two frames are all that is needed."""
+        frame = self._frames[-1 - age]
+        rows, found = lookup(frame.ids, ids)
+        xy = np.full((len(ids), 2), np.nan, np.float32)
+        xy[found] = frame.xy[rows]
+        visible = np.zeros(len(ids), bool)
+        visible[found] = frame.visible[rows]
+        return xy, visible
+
+
 def lookup(sorted_ids: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rows of ``query`` ids in ``sorted_ids``: (rows of the found ones, mask of found queries)."""
     if len(sorted_ids) == 0:

@@ -4,6 +4,7 @@ import numpy as np
 
 from anymo_ros.config import TrackerConfig
 from anymo_ros.tracking import create_tracker
+from anymo_ros.window import TrackWindow
 
 
 def _texture(seed=0, size=(240, 320)):
@@ -92,3 +93,18 @@ def test_unknown_backend_is_a_clear_error():
     import pytest
     with pytest.raises(ValueError, match="unknown tracker backend 'cotracker'"):
         create_tracker(TrackerConfig(backend="cotracker"))
+
+
+def test_window_positions_agree_with_the_full_history():
+    window = TrackWindow(4)
+    for frame in range(6):
+        ids = np.array([7, 3, 5 + frame])   # unsorted; track 5+frame lives one frame
+        xy = np.c_[ids * 10.0 + frame, ids + frame].astype(np.float32)
+        window.append(frame, frame / 10, ids, xy, np.array([True, frame % 2 == 0, True]), np.ones(3, np.float32))
+    query = np.array([3, 7, 9, 42])
+    history = window.tracks(query)
+    for age in range(4):
+        xy, visible = window.positions(query, age)
+        np.testing.assert_array_equal(xy, history.xy[:, -1 - age])
+        np.testing.assert_array_equal(visible, history.visible[:, -1 - age])
+    assert np.isnan(window.positions(query, 0)[0][3]).all()   # never seen
