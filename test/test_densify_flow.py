@@ -40,6 +40,8 @@ def test_two_movers_with_a_gap_between_their_tracks_are_two_groups():
     with_camera = velocity.copy()
     with_camera[len(top):] = 0.0
     assert _split(xy, with_camera) == [list(range(len(xy)))]
+    # No velocity known yet (a track's first frames): nothing to split on.
+    assert _split(xy, np.full_like(velocity, np.nan)) == [list(range(len(xy)))]
 
 
 def test_a_turning_body_is_one_group_even_with_a_gap_in_its_tracks():

@@ -211,9 +211,9 @@ def split_by_motion(xy: np.ndarray, velocity: np.ndarray, link_distance: float, 
     """
     count = len(xy)
     everything = [np.arange(count)]
-    if count < 2 * _SPLIT_SUPPORT * min_tracks:
-        return everything
     known = np.isfinite(velocity).all(axis=1)
+    if known.sum() < 2 * _SPLIT_SUPPORT * min_tracks:
+        return everything
     # A second mover would put enough tracks off the median motion (the common case ends here).
     unlike = ~moving_alike(velocity[known], np.median(velocity[known], axis=0))
     if unlike.sum() < _SPLIT_SUPPORT * min_tracks:
