@@ -5,12 +5,14 @@ whose previous mask (carried along the flow) it overlaps most. Regions claiming 
 close together and moving alike are one object seen in pieces and are merged; far apart, or
 moving differently, the larger keeps the id. What matches nothing is compared with objects
 that are lost, or seen only as a weak remnant, at the position predicted from their last
-well-supported sighting: this carries an id through a short occlusion. Ids are never reused within a run.
+well-supported sighting: this carries an id through a short occlusion. Ids are never reused
+within a run.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from anymo_ros.config import IdentityConfig
@@ -199,10 +201,10 @@ class IdentityTracker:
 
 
 def _centroid(mask: np.ndarray) -> np.ndarray:
-    rows, cols = np.nonzero(mask)
-    if len(rows) == 0:
+    moments = cv2.moments(mask.astype(np.uint8), binaryImage=True)
+    if moments["m00"] == 0:
         return np.zeros(2)
-    return np.array([cols.mean(), rows.mean()])
+    return np.array([moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]])
 
 
 def _gap(masks: list[np.ndarray], members: list[int], region: int) -> float:

@@ -20,8 +20,7 @@ from anymo_ros.config import SegmenterConfig
 from anymo_ros.densify.flow import (
     FlowResidualDensifier,
     colour_band,
-    quantise_colours,
-    refine_with_colour,
+    refine_around,
     warp_backward,
 )
 from anymo_ros.devices import create_backends
@@ -293,6 +292,7 @@ class MotionSegmenter:
         own_velocity = None
         if camera_backward is not None:
             dynamic_xy = xy[dynamic_rows]
+            # The camera's motion over the last frame stands in for its mean over the lag.
             camera_velocity = dynamic_xy - camera_backward.predict(dynamic_xy)
             own_velocity = self._recent_velocity(ids[dynamic_rows]) - camera_velocity
         regions = densifier.regions(rgb, xy[dynamic_rows], xy[static], own_velocity, self.config.tracker.grid_spacing)
@@ -317,7 +317,8 @@ class MotionSegmenter:
             step = (xy[rows] - prev_xy[rows]) * flow_scale
             step = step[np.isfinite(step).all(axis=1)]
             velocities.append(step.mean(axis=0) if len(step) else np.zeros(2))
-            own_motions.append(None if own_velocity is None else own_motion(own_velocity[region.track_rows] * flow_scale))
+            own = None if own_velocity is None else own_velocity[region.track_rows] * flow_scale
+            own_motions.append(None if own is None else own_motion(own))
         groups = self.identity.assign([r.mask for r in regions], [len(r.track_rows) for r in regions],
                                       claims, velocities, frame_index, stamp, own_motions)
         height, width = densifier.motion_map.shape
@@ -388,22 +389,15 @@ class MotionSegmenter:
                               interpolation=cv2.INTER_LINEAR)
             mask = soft > 0.5
             if refine:
-                # Only the object's surroundings matter: refine inside its box plus the colour ring.
-                ys, xs = np.nonzero(mask)
-                margin = 3 * band + 2
-                y0, y1 = max(ys.min() - margin, 0), min(ys.max() + margin + 1, height)
-                x0, x1 = max(xs.min() - margin, 0), min(xs.max() + margin + 1, width)
-                crop = (slice(y0, y1), slice(x0, x1))
-                refined = np.zeros_like(mask)
-                refined[crop] = refine_with_colour(mask[crop], quantise_colours(image[crop]), motion[crop], band)
-                mask = refined
+                mask = refine_around(mask, image, motion, band)
             labels[mask] = object_id
         dt = self._frame_interval
         objects = []
         for object_id in np.unique(labels[labels > 0]):
             object_id = int(object_id)
-            mask = labels == object_id
-            ys, xs = np.nonzero(mask)
+            mask = (labels == object_id).view(np.uint8)
+            left, top, box_width, box_height = cv2.boundingRect(mask)
+            moments = cv2.moments(mask, binaryImage=True)
             rows = self._members.get(object_id, np.zeros(0, np.int64))
             moved = rows[self._visible[rows] & np.isfinite(self._prev_xy[rows, 0])]
             velocity = np.zeros(2)
@@ -413,8 +407,8 @@ class MotionSegmenter:
             objects.append(MovingObject(
                 object_id=object_id,
                 score=float(probability.mean()) if len(rows) else 0.0,
-                bbox=(int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)),
-                centroid=(float(xs.mean()), float(ys.mean())),
+                bbox=(left, top, box_width, box_height),
+                centroid=(moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]),
                 velocity=(float(velocity[0]), float(velocity[1])),
                 num_tracks=int(len(rows)),
                 age=self._frame_index - self._first_frame[object_id],

@@ -70,7 +70,6 @@ class TrackWindow:
         stamps = np.array([f.stamp for f in self._frames], np.float64)
         return WindowTracks(ids, xy, visible, confidence, depth, stamps)
 
-
     def positions(self, ids: np.ndarray, age: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions (N, 2; NaN where unknown) and visibility of the given track ids ``age``
         frames before the newest frame: the cheap path when two frames are all that is needed."""

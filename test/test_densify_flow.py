@@ -6,6 +6,7 @@ from anymo_ros.densify.flow import (
     fill_holes,
     flow_magnitude,
     quantise_colours,
+    refine_around,
     refine_with_colour,
     split_by_motion,
     warp_backward,
@@ -101,3 +102,14 @@ def test_colour_refinement_trims_a_halo_of_background_colour():
     def iou(a, b):
         return (a & b).sum() / (a | b).sum()
     assert iou(refined, truth > 0) > 0.95 > iou(coarse > 0, truth > 0) + 0.2
+    # Refining inside the box around the mask gives the same mask as refining the whole frame.
+    canvas = np.zeros((400, 500, 3), np.uint8)
+    canvas[..., 1] = rng.integers(0, 255, (400, 500))
+    canvas[250:370, 300:460] = image
+    canvas_mask = np.zeros((400, 500), bool)
+    canvas_mask[250:370, 300:460] = coarse > 0
+    canvas_motion = np.full((400, 500), 0.1, np.float32)
+    canvas_motion[250:370, 300:460] = motion
+    whole = refine_with_colour(canvas_mask, quantise_colours(canvas), canvas_motion, size=10)
+    np.testing.assert_array_equal(refine_around(canvas_mask, canvas, canvas_motion, 10), whole)
+    np.testing.assert_array_equal(whole[250:370, 300:460], refined)

@@ -118,8 +118,9 @@ class FlowResidualDensifier:
 
         ``rgb`` is the processing-resolution frame; ``dynamic_xy``/``static_xy`` are positions
         (processing px) of tracks confidently dynamic / static. With ``dynamic_velocity`` (px per
-        frame, the camera's motion taken out; NaN where unknown) and ``track_spacing``, a part of the map holding spatially
-        separate groups of tracks that move differently is split into one region per group.
+        frame, the camera's motion taken out; NaN where unknown) and ``track_spacing``, a part of
+        the map holding separate groups of tracks that move differently (``split_by_motion``) is
+        split into one region per group.
         """
         if self.motion_map is None or len(dynamic_xy) == 0:
             return []
@@ -171,9 +172,9 @@ class FlowResidualDensifier:
         small_rgb = rgb if rgb.shape[:2] == (height, width) else cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
         cv2.watershed(np.ascontiguousarray(small_rgb), markers)
         regions = []
-        quantised = quantise_colours(small_rgb)
+        band = colour_band((height, width))
         for label, (_, rows) in enumerate(kept, start=2):
-            mask = refine_with_colour(markers == label, quantised, self.motion_map)
+            mask = refine_around(markers == label, small_rgb, self.motion_map, band)
             mask = fill_holes(mask)
             if mask.sum() >= min_area:
                 regions.append(Region(mask, rows))
@@ -253,12 +254,18 @@ def split_by_motion(xy: np.ndarray, velocity: np.ndarray, link_distance: float, 
 def _nearest_track_parts(seed: np.ndarray, dyn_col: np.ndarray, dyn_row: np.ndarray,
                          groups: list[np.ndarray]) -> list[np.ndarray]:
     """Splits ``seed`` into one part per track group: each pixel goes to the group of its nearest track."""
+    rows_all = np.concatenate(groups)
+    seed_rows, seed_cols = np.nonzero(seed)
+    # Only the box around the seed and its tracks matters.
+    top, left = min(seed_rows.min(), dyn_row[rows_all].min()), min(seed_cols.min(), dyn_col[rows_all].min())
+    bottom, right = max(seed_rows.max(), dyn_row[rows_all].max()) + 1, max(seed_cols.max(), dyn_col[rows_all].max()) + 1
     distances = []
     for rows in groups:
-        sources = np.ones(seed.shape, np.uint8)
-        sources[dyn_row[rows], dyn_col[rows]] = 0
+        sources = np.ones((bottom - top, right - left), np.uint8)
+        sources[dyn_row[rows] - top, dyn_col[rows] - left] = 0
         distances.append(cv2.distanceTransform(sources, cv2.DIST_L2, cv2.DIST_MASK_5))
-    nearest = np.argmin(np.stack(distances), axis=0)
+    nearest = np.full(seed.shape, -1)
+    nearest[top:bottom, left:right] = np.argmin(np.stack(distances), axis=0)
     return [seed & (nearest == g) for g in range(len(groups))]
 
 
@@ -307,6 +314,19 @@ def refine_with_colour(mask: np.ndarray, quantised: np.ndarray, motion_map: np.n
     refined = inner.copy()
     refined[band] = odds > 0.5
     refined = cv2.medianBlur(refined.astype(np.uint8), 5) > 0
+    return refined
+
+
+def refine_around(mask: np.ndarray, rgb: np.ndarray, motion_map: np.ndarray, size: int) -> np.ndarray:
+    """``refine_with_colour`` (band half-width ``size``) computed only in the mask's box plus the
+    colour ring, which is all it reads: the same mask at the cost of the box."""
+    height, width = mask.shape
+    left, top, box_width, box_height = cv2.boundingRect(mask.view(np.uint8))
+    margin = 3 * size + 2
+    crop = (slice(max(top - margin, 0), min(top + box_height + margin, height)),
+            slice(max(left - margin, 0), min(left + box_width + margin, width)))
+    refined = np.zeros_like(mask)
+    refined[crop] = refine_with_colour(mask[crop], quantise_colours(rgb[crop]), motion_map[crop], size)
     return refined
 
 
