@@ -139,20 +139,35 @@ def foreground_iou(labels: np.ndarray, truth: np.ndarray) -> float:
     return float(np.logical_and(labels > 0, truth > 0).sum() / union) if union else 1.0
 
 
+def ids_per_object(labels: list[np.ndarray], truths: list[np.ndarray]) -> dict[int, list[int]]:
+    """For each true object, the ids that covered most of it, over the frames given: one id per
+    object when identity holds."""
+    seen: dict[int, set[int]] = {}
+    for label_image, truth in zip(labels, truths):
+        for true_id in np.unique(truth[truth > 0]):
+            under = label_image[truth == true_id]
+            counts = np.bincount(under[under > 0])
+            if counts.any():
+                seen.setdefault(int(true_id), set()).add(int(np.argmax(counts)))
+    return {true_id: sorted(ids) for true_id, ids in sorted(seen.items())}
+
+
 def summary(args: argparse.Namespace, clip, headers: list[Header], masks: list[MovingObjectArray],
             elapsed: float, video: Path) -> str:
     index_of = {_stamp_key(header): index for index, header in enumerate(headers)}
     frame_indices = [index_of[_stamp_key(m.header)] for m in masks]
-    ious = [foreground_iou(image_to_array(m.labels), clip.masks[index])
-            for m, index in zip(masks, frame_indices) if index >= WARMUP_FRAMES]
+    scored = [(image_to_array(m.labels), clip.masks[index])
+              for m, index in zip(masks, frame_indices) if index >= WARMUP_FRAMES]
+    ious = [foreground_iou(labels, truth) for labels, truth in scored]
+    per_object = ids_per_object(*zip(*scored)) if scored else {}
     ids = sorted({o.id for m in masks for o in m.objects})
     latencies = np.array([m.end_to_end_latency for m in masks]) * 1e3
     pipeline_fps = 1.0 / np.mean([m.processing_latency for m in masks])
     last = max(masks, key=lambda m: m.frame_index)
     return (f"demo: {len(clip.frames)} frames at {args.width}x{args.height} sent, {last.frame_index + 1} received, "
             f"{len(masks)} segmented, {last.dropped_frames} dropped | "
-            f"{args.objects} moving objects, ids seen {ids}, "
-            f"mean IoU {np.mean(ious) if ious else float('nan'):.2f} after {WARMUP_FRAMES} frames | "
+            f"{args.objects} moving objects, ids seen {ids}; after {WARMUP_FRAMES} frames: ids per object "
+            f"{per_object}, mean IoU {np.mean(ious) if ious else float('nan'):.2f} | "
             f"{len(masks) / elapsed:.1f} FPS out at {clip.fps:g} FPS in, pipeline {pipeline_fps:.1f} FPS | "
             f"latency p50 {np.percentile(latencies, 50):.0f} ms, p95 {np.percentile(latencies, 95):.0f} ms | "
             f"video {video}")
