@@ -121,7 +121,7 @@ class IdentityTracker:
                 if vote >= self.config.min_track_overlap or overlap >= _MIN_MASK_OVERLAP:
                     candidates.append((vote + overlap, region, object_id))
         candidates.sort(key=lambda c: -c[0])
-        centroids = [_centroid(mask) for mask in masks]
+        centroids = [mask_centroid(mask) for mask in masks]
         groups: dict[int, list[int]] = {}
         taken: set[int] = set()
         for _, region, object_id in candidates:
@@ -180,7 +180,7 @@ class IdentityTracker:
             union = np.logical_or.reduce([masks[m] for m in members])
             weights = np.array([max(track_counts[m], 1) for m in members], float)
             velocity = (np.array([velocities[m] for m in members]) * weights[:, None]).sum(axis=0) / weights.sum()
-            centroid = _centroid(union)
+            centroid = mask_centroid(union)
             tracks = sum(track_counts[m] for m in members)
             memory = self.memory.get(object_id)
             if memory is None:
@@ -200,7 +200,8 @@ class IdentityTracker:
             del self.memory[object_id]
 
 
-def _centroid(mask: np.ndarray) -> np.ndarray:
+def mask_centroid(mask: np.ndarray) -> np.ndarray:
+    """(x, y) mean of a mask's pixels; (0, 0) for an empty mask."""
     moments = cv2.moments(mask.astype(np.uint8), binaryImage=True)
     if moments["m00"] == 0:
         return np.zeros(2)

@@ -24,7 +24,7 @@ from anymo_ros.densify.flow import (
     warp_backward,
 )
 from anymo_ros.devices import create_backends
-from anymo_ros.identity import Claim, IdentityTracker, own_motion
+from anymo_ros.identity import Claim, IdentityTracker, mask_centroid, own_motion
 from anymo_ros.semantics import SemanticTrackCache
 from anymo_ros.tracking import TrackUpdate, create_tracker
 from anymo_ros.types import MovingObject, SegmentationResult, TrackSnapshot
@@ -395,9 +395,9 @@ class MotionSegmenter:
         objects = []
         for object_id in np.unique(labels[labels > 0]):
             object_id = int(object_id)
-            mask = (labels == object_id).view(np.uint8)
-            left, top, box_width, box_height = cv2.boundingRect(mask)
-            moments = cv2.moments(mask, binaryImage=True)
+            mask = labels == object_id
+            left, top, box_width, box_height = cv2.boundingRect(mask.view(np.uint8))
+            centroid = mask_centroid(mask)
             rows = self._members.get(object_id, np.zeros(0, np.int64))
             moved = rows[self._visible[rows] & np.isfinite(self._prev_xy[rows, 0])]
             velocity = np.zeros(2)
@@ -408,7 +408,7 @@ class MotionSegmenter:
                 object_id=object_id,
                 score=float(probability.mean()) if len(rows) else 0.0,
                 bbox=(left, top, box_width, box_height),
-                centroid=(moments["m10"] / moments["m00"], moments["m01"] / moments["m00"]),
+                centroid=(float(centroid[0]), float(centroid[1])),
                 velocity=(float(velocity[0]), float(velocity[1])),
                 num_tracks=int(len(rows)),
                 age=self._frame_index - self._first_frame[object_id],

@@ -8,6 +8,8 @@ from anymo_ros.tools.metrics import (
     boundary_f,
     boundary_map,
     boundary_tolerance,
+    covering_ids,
+    ids_per_object,
     instance_jaccard,
     jaccard,
     mask_instance_ids,
@@ -180,3 +182,14 @@ def test_sequence_scorer_and_summary():
     assert mean["J"] == pytest.approx(0.5)          # sequences without scored frames do not count
     assert mean["frames"] == 4
     assert mean["fps"] == pytest.approx(4 / 0.08)
+
+
+def test_ids_per_object_lists_the_ids_that_covered_each_true_object():
+    truth = np.zeros((10, 10), np.uint8)
+    truth[:, :5], truth[:, 5:] = 1, 2
+    steady = np.where(truth == 1, 4, 7).astype(np.uint16)
+    swapped = np.where(truth == 1, 7, 0).astype(np.uint16)   # object 2 unseen, object 1 under id 7
+    swapped[0, :3] = 4                                       # a minority of object 1 still under id 4
+    assert covering_ids(swapped, truth) == {1: 7}
+    assert ids_per_object([steady, steady], [truth, truth]) == {1: [4], 2: [7]}
+    assert ids_per_object([steady, swapped], [truth, truth]) == {1: [4, 7], 2: [7]}

@@ -4,6 +4,7 @@ import pytest
 
 from anymo_ros.config import SegmenterConfig
 from anymo_ros.pipeline import InvalidImageError, MotionSegmenter
+from anymo_ros.tools.metrics import covering_ids, ids_per_object
 from anymo_ros.tools.synthetic import render_clip
 
 WARM_UP = 15
@@ -49,15 +50,9 @@ def test_objects_passing_close_by_keep_their_own_ids():
     smooth motion map joins them there; their tracks, apart and moving differently, do not."""
     clip = render_clip(seed=0, num_frames=90, num_objects=2, camera_motion="pan")
     results = _run(clip)
-    ids_on = {1: set(), 2: set()}
-    for result, gt in zip(results[WARM_UP:], clip.masks[WARM_UP:]):
-        for obj, ids in ids_on.items():
-            under = result.label_image[gt == obj]
-            labels, counts = np.unique(under[under > 0], return_counts=True)
-            if len(labels):
-                ids.add(int(labels[np.argmax(counts)]))
-    assert len(ids_on[1]) == 1 and len(ids_on[2]) == 1
-    assert ids_on[1] != ids_on[2]
+    ids = ids_per_object([r.label_image for r in results[WARM_UP:]], clip.masks[WARM_UP:])
+    assert len(ids[1]) == 1 and len(ids[2]) == 1
+    assert ids[1] != ids[2]
 
 
 def test_objects_seen_as_one_blob_for_a_frame_get_their_ids_back():
@@ -67,14 +62,10 @@ def test_objects_seen_as_one_blob_for_a_frame_get_their_ids_back():
     results = _run(clip)
     while_apart = {1: set(), 2: set()}
     for result, gt in zip(results[WARM_UP:], clip.masks[WARM_UP:]):
-        majority = {}
-        for obj in (1, 2):
-            under = result.label_image[gt == obj]
-            labels, counts = np.unique(under[under > 0], return_counts=True)
-            majority[obj] = int(labels[np.argmax(counts)]) if len(labels) else 0
-        if majority[1] and majority[2] and majority[1] != majority[2]:
+        covering = covering_ids(result.label_image, gt)
+        if len(covering) == 2 and covering[1] != covering[2]:
             for obj in (1, 2):
-                while_apart[obj].add(majority[obj])
+                while_apart[obj].add(covering[obj])
     assert len(while_apart[1]) == 1 and len(while_apart[2]) == 1
 
 

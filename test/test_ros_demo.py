@@ -3,7 +3,6 @@ import subprocess
 import sys
 
 import cv2
-import numpy as np
 import pytest
 
 pytest.importorskip("rclpy", reason="ROS 2 rclpy is not importable; run: bash scripts/test.sh")
@@ -24,14 +23,3 @@ def test_demo_writes_overlay_video_and_summary(tmp_path):
     ok, frame = capture.read()
     assert ok and frame.shape == (240, 320, 3)
 
-
-def test_ids_per_object_lists_the_ids_that_covered_each_true_object():
-    from anymo_ros.tools.demo import ids_per_object
-
-    truth = np.zeros((10, 10), np.uint8)
-    truth[:, :5], truth[:, 5:] = 1, 2
-    steady = np.where(truth == 1, 4, 7).astype(np.uint16)
-    swapped = np.where(truth == 1, 7, 0).astype(np.uint16)   # object 2 unseen, object 1 under id 7
-    swapped[0, :3] = 4                                       # a minority of object 1 still under id 4
-    assert ids_per_object([steady, steady], [truth, truth]) == {1: [4], 2: [7]}
-    assert ids_per_object([steady, swapped], [truth, truth]) == {1: [4, 7], 2: [7]}

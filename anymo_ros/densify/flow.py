@@ -254,11 +254,11 @@ def split_by_motion(xy: np.ndarray, velocity: np.ndarray, link_distance: float, 
 def _nearest_track_parts(seed: np.ndarray, dyn_col: np.ndarray, dyn_row: np.ndarray,
                          groups: list[np.ndarray]) -> list[np.ndarray]:
     """Splits ``seed`` into one part per track group: each pixel goes to the group of its nearest track."""
-    rows_all = np.concatenate(groups)
-    seed_rows, seed_cols = np.nonzero(seed)
     # Only the box around the seed and its tracks matters.
-    top, left = min(seed_rows.min(), dyn_row[rows_all].min()), min(seed_cols.min(), dyn_col[rows_all].min())
-    bottom, right = max(seed_rows.max(), dyn_row[rows_all].max()) + 1, max(seed_cols.max(), dyn_col[rows_all].max()) + 1
+    track_rows, track_cols = dyn_row[np.concatenate(groups)], dyn_col[np.concatenate(groups)]
+    left, top, box_width, box_height = cv2.boundingRect(seed.view(np.uint8))
+    bottom, right = max(top + box_height, track_rows.max() + 1), max(left + box_width, track_cols.max() + 1)
+    top, left = min(top, track_rows.min()), min(left, track_cols.min())
     distances = []
     for rows in groups:
         sources = np.ones((bottom - top, right - left), np.uint8)

@@ -30,6 +30,7 @@ from anymo_ros.msg import MovingObjectArray
 from anymo_ros.ros.conversions import seconds_to_stamp
 from anymo_ros.ros.image_conversion import array_to_image, image_to_array, image_to_rgb
 from anymo_ros.ros.qos import input_qos, output_qos
+from anymo_ros.tools.metrics import ids_per_object, jaccard
 from anymo_ros.tools.synthetic import render_clip
 
 DEMO_NAMESPACE = "/anymo_demo"
@@ -134,31 +135,13 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float) -> Path:
     raise RuntimeError("OpenCV can write neither mp4v nor MJPG video")
 
 
-def foreground_iou(labels: np.ndarray, truth: np.ndarray) -> float:
-    union = np.logical_or(labels > 0, truth > 0).sum()
-    return float(np.logical_and(labels > 0, truth > 0).sum() / union) if union else 1.0
-
-
-def ids_per_object(labels: list[np.ndarray], truths: list[np.ndarray]) -> dict[int, list[int]]:
-    """For each true object, the ids that covered most of it, over the frames given: one id per
-    object when identity holds."""
-    seen: dict[int, set[int]] = {}
-    for label_image, truth in zip(labels, truths):
-        for true_id in np.unique(truth[truth > 0]):
-            under = label_image[truth == true_id]
-            counts = np.bincount(under[under > 0])
-            if counts.any():
-                seen.setdefault(int(true_id), set()).add(int(np.argmax(counts)))
-    return {true_id: sorted(ids) for true_id, ids in sorted(seen.items())}
-
-
 def summary(args: argparse.Namespace, clip, headers: list[Header], masks: list[MovingObjectArray],
             elapsed: float, video: Path) -> str:
     index_of = {_stamp_key(header): index for index, header in enumerate(headers)}
     frame_indices = [index_of[_stamp_key(m.header)] for m in masks]
     scored = [(image_to_array(m.labels), clip.masks[index])
               for m, index in zip(masks, frame_indices) if index >= WARMUP_FRAMES]
-    ious = [foreground_iou(labels, truth) for labels, truth in scored]
+    ious = [jaccard(labels > 0, truth > 0) for labels, truth in scored]
     per_object = ids_per_object(*zip(*scored)) if scored else {}
     ids = sorted({o.id for m in masks for o in m.objects})
     latencies = np.array([m.end_to_end_latency for m in masks]) * 1e3

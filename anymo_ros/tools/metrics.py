@@ -186,6 +186,28 @@ def instance_jaccard(pred_labels: np.ndarray, gt_labels: np.ndarray) -> float:
     return float(iou[rows, cols].sum() / len(gt_ids))
 
 
+def covering_ids(pred_labels: np.ndarray, gt_labels: np.ndarray) -> dict[int, int]:
+    """For each ground-truth object, the predicted id that covers most of it (objects no
+    prediction touches are left out)."""
+    covering = {}
+    for true_id in np.unique(gt_labels[gt_labels > 0]):
+        under = pred_labels[gt_labels == true_id]
+        counts = np.bincount(under[under > 0])
+        if counts.any():
+            covering[int(true_id)] = int(np.argmax(counts))
+    return covering
+
+
+def ids_per_object(pred_labels: list[np.ndarray], gt_labels: list[np.ndarray]) -> dict[int, list[int]]:
+    """For each ground-truth object, every id that covered most of it in some frame: one id per
+    object when identity holds."""
+    seen: dict[int, set[int]] = {}
+    for pred, gt in zip(pred_labels, gt_labels):
+        for true_id, object_id in covering_ids(pred, gt).items():
+            seen.setdefault(true_id, set()).add(object_id)
+    return {true_id: sorted(ids) for true_id, ids in sorted(seen.items())}
+
+
 # --- trajectory grouping ---------------------------------------------------------------------
 
 
