@@ -22,4 +22,3 @@ def test_demo_writes_overlay_video_and_summary(tmp_path):
     capture = cv2.VideoCapture(str(video))
     ok, frame = capture.read()
     assert ok and frame.shape == (240, 320, 3)
-
