@@ -232,6 +232,7 @@ class MotionSegmenter:
         order = np.argsort(update.ids, kind="stable")
         ids, xy = update.ids[order], update.xy[order]
         visible, confidence = update.visible[order], update.confidence[order]
+        position_error = update.position_error[order]
         prev_xy = carry_over(self._ids, self._xy, ids, np.nan)
         paired = carry_over(self._ids, self._visible, ids, False) & visible
 
@@ -253,7 +254,8 @@ class MotionSegmenter:
                                            lambda points: self.models.semantics.sample(features, points))
             semantics, _ = self.semantic_cache.vectors(ids)
         frame = self.classifier.step(ids, prev_xy, xy, paired, (gray.shape[1], gray.shape[0]), prior,
-                                     fit_backward=True, window=window, semantics=semantics, visible=visible)
+                                     fit_backward=True, window=window, semantics=semantics, visible=visible,
+                                     position_error=position_error)
         probability = frame.probability
         stage_times["classify"] = stage_times.get("classify", 0.0) + time.perf_counter() - tic
 

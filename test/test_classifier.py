@@ -123,6 +123,50 @@ def test_geometric_classifier_calls_a_static_3d_world_static():
         assert state.dynamic[alive].mean() < 0.05, motion
 
 
+def with_poorly_tracked_points(sample: TrajectorySample, share: float = 0.2, noise_px: float = 1.2):
+    """Tracks where a ``share`` of the points jitter by ``noise_px`` (blur, water, low texture), as
+    (xy, which points, the honest per-step error report)."""
+    rng = np.random.default_rng(0)
+    poor = rng.random(len(sample.xy)) < share
+    xy = noisy_tracks(sample, 0)
+    xy[poor] += rng.normal(0.0, noise_px, xy[poor].shape).astype(np.float32)
+    error = np.where(poor[:, None], noise_px, TRACKER_NOISE_PX) * np.ones(sample.visible.shape)
+    return xy, poor, error
+
+
+def geometric_dynamic(sample: TrajectorySample, xy: np.ndarray, error: np.ndarray | None) -> np.ndarray:
+    return OnlineTrackClassifier(ClassifierConfig(backend="geometric")).classify_tracks(
+        xy, sample.visible, sample.image_size, position_error=error).dynamic
+
+
+def test_reported_tracking_error_keeps_poorly_tracked_static_points_static():
+    # Their jitter reads as motion against the fit's noise unless the tracker says how unsure it is.
+    sample = sample_trajectories(6001, num_tracks=600, num_frames=24, camera_motion="walking", max_objects=0)
+    xy, poor, error = with_poorly_tracked_points(sample)
+    alive = sample.visible[:, -1] & (sample.visible.sum(axis=1) >= 8)
+    unreported, reported = geometric_dynamic(sample, xy, None), geometric_dynamic(sample, xy, error)
+    assert unreported[alive & poor].mean() > 0.5
+    assert reported[alive & poor].mean() < 0.05
+    assert reported[alive & ~poor].mean() < 0.05
+
+
+@pytest.mark.parametrize("motion", ["walking", "panning", "orbit"])
+def test_reported_tracking_error_brings_back_the_clean_scene_result(motion):
+    # Unreported, the jitter lights up static points; reported, the well-tracked points are judged
+    # as in the same scene without the poorly tracked ones' extra noise.
+    sample = sample_trajectories(5001, num_tracks=600, num_frames=24, camera_motion=motion)
+    xy, poor, error = with_poorly_tracked_points(sample)
+    alive = sample.visible[:, -1] & (sample.visible.sum(axis=1) >= 8)
+    mover = alive & ~poor & sample.dynamic & (off_static_locus(sample) > OBSERVABLE_PX)
+    static = alive & ~sample.dynamic
+    assert mover.sum() >= 15
+    clean = geometric_dynamic(sample, noisy_tracks(sample, 0), None)
+    unreported, reported = geometric_dynamic(sample, xy, None), geometric_dynamic(sample, xy, error)
+    assert unreported[static].mean() > 0.1
+    assert reported[static].mean() <= clean[static].mean() + 0.02
+    assert reported[mover].mean() >= clean[mover].mean() - 0.1
+
+
 def test_combine_probabilities_weights_and_fills_in_missing_scores():
     geometric = np.array([0.2, np.nan, 0.8, np.nan], np.float32)
     learned = np.array([0.6, 0.4, np.nan, np.nan], np.float32)

@@ -132,12 +132,15 @@ class OnlineTrackClassifier:
     def step(self, ids: np.ndarray, prev_xy: np.ndarray, xy: np.ndarray, paired: np.ndarray,
              image_size: tuple[int, int], prior: np.ndarray, fit_backward: bool = False,
              window: WindowTracks | None = None, semantics: np.ndarray | None = None,
-             visible: np.ndarray | None = None) -> FrameClassification:
+             visible: np.ndarray | None = None, position_error: np.ndarray | None = None) -> FrameClassification:
         """Classify sorted track ``ids`` at the current frame.
 
         ``prev_xy``/``xy`` are positions in the previous and current frame, ``paired`` marks
         tracks visible in both, ``visible`` those visible now (default: ``paired``); ``prior`` is
-        the probability given to tracks seen the first time.
+        the probability given to tracks seen the first time. ``position_error`` (px, per axis) is
+        the tracker's own error estimate of each track's step; the geometric scorer adds it to the
+        camera fit's noise, so that a poorly tracked point (blur, water, low texture) needs a
+        larger residual to count as moving.
         The learned scorer also needs the ``window`` history of ``ids`` (current frame included)
         and takes optional per-track ``semantics``.
         """
@@ -151,7 +154,12 @@ class OnlineTrackClassifier:
         if self.geometric is not None:
             residual = np.full((len(ids), 2), np.nan, np.float32)
             if forward is not None:
-                residual[paired] = forward.residual(prev_xy[paired], xy[paired]) / forward.noise_sigma
+                noise = np.full(int(paired.sum()), forward.noise_sigma, np.float32)
+                if position_error is not None and paired.any():
+                    # The fit's noise already holds the typical track's error: add only the excess.
+                    error = position_error[paired] ** 2
+                    noise = np.sqrt(noise ** 2 + np.maximum(error - np.median(error), 0.0))
+                residual[paired] = forward.residual(prev_xy[paired], xy[paired]) / noise[:, None]
             seen = paired if visible is None else visible
             tracked_xy = np.where(seen[:, None], xy, np.nan)
             geometric = self.geometric.update(ids, residual, tracked_xy, static_weight, image_size)
@@ -166,8 +174,12 @@ class OnlineTrackClassifier:
         return FrameClassification(probability, dynamic, evidence > 0, paired, forward, backward)
 
     def classify_tracks(self, xy: np.ndarray, visible: np.ndarray, image_size: tuple[int, int],
-                        prior: float = 0.25, window_length: int = 16) -> FrameClassification | None:
-        """Run over recorded tracks (N, T, 2) / (N, T) and return the state after the last frame."""
+                        prior: float = 0.25, window_length: int = 16,
+                        position_error: np.ndarray | None = None) -> FrameClassification | None:
+        """Run over recorded tracks (N, T, 2) / (N, T) and return the state after the last frame.
+
+        ``position_error`` (N, T), when given, is the tracker's error estimate of each step (see ``step``).
+        """
         self.reset()
         ids = np.arange(len(xy), dtype=np.int64)
         priors = np.full(len(xy), prior, np.float32)
@@ -179,7 +191,8 @@ class OnlineTrackClassifier:
             window = WindowTracks(ids, xy[:, first:t + 1].astype(np.float32), visible[:, first:t + 1],
                                   confidence[:, first:t + 1], None, np.arange(first, t + 1, dtype=np.float64))
             result = self.step(ids, xy[:, t - 1].astype(np.float32), xy[:, t].astype(np.float32), paired,
-                               image_size, priors, window=window, visible=visible[:, t])
+                               image_size, priors, window=window, visible=visible[:, t],
+                               position_error=None if position_error is None else position_error[:, t])
         return result
 
 

@@ -24,6 +24,7 @@ class TrackUpdate:
     visible: np.ndarray      # (N,) bool
     confidence: np.ndarray   # (N,) float32 in [0, 1]
     born: np.ndarray         # (N,) bool, True for tracks seeded at this frame
+    position_error: np.ndarray  # (N,) float32 px: the tracker's per-axis error estimate of this step, 0 if none
 
 
 class PointTracker(ABC):

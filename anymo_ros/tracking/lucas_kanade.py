@@ -14,7 +14,8 @@ class LucasKanadeTracker(PointTracker):
     """Tracks corners frame to frame; lost points end their track, empty grid cells get new ones.
 
     Visibility is the forward-backward test (status of both passes and error below
-    ``fb_threshold``); confidence is ``exp(-fb_error / fb_threshold)``. LK cannot re-find an
+    ``fb_threshold``); confidence is ``exp(-fb_error / fb_threshold)``, and the position error of
+    the step is half the forward-backward error (two passes' errors add up). LK cannot re-find an
     occluded point, so an occluded track ends and a fresh one is seeded when the area reappears.
     """
 
@@ -48,6 +49,7 @@ class LucasKanadeTracker(PointTracker):
                 np.concatenate([update.visible, np.ones(len(born_ids), bool)]),
                 np.concatenate([update.confidence, np.ones(len(born_ids), np.float32)]),
                 np.concatenate([update.born, np.ones(len(born_ids), bool)]),
+                np.concatenate([update.position_error, np.zeros(len(born_ids), np.float32)]),
             )
         return [update]
 
@@ -69,8 +71,9 @@ class LucasKanadeTracker(PointTracker):
         visible = (status_fwd.ravel() == 1) & (status_bwd.ravel() == 1) & (fb_error < cfg.fb_threshold) & inside
         visible &= np.isfinite(p1).all(axis=1)
         confidence = np.where(visible, np.exp(-fb_error / cfg.fb_threshold), 0.0).astype(np.float32)
+        position_error = np.where(visible, fb_error / 2, 0.0).astype(np.float32)
         update = TrackUpdate(frame_index, self._ids.copy(), p1.astype(np.float32), visible, confidence,
-                             np.zeros(len(self._ids), bool))
+                             np.zeros(len(self._ids), bool), position_error)
         keep = visible & _not_crowded(p1, self._ids, cfg.grid_spacing, gray.shape)
         self._xy = p1[keep].astype(np.float32)
         self._ids = self._ids[keep]
@@ -124,4 +127,4 @@ def _not_crowded(xy: np.ndarray, ids: np.ndarray, spacing: int, shape: tuple[int
 
 def _empty_update(frame_index: int) -> TrackUpdate:
     return TrackUpdate(frame_index, np.zeros(0, np.int64), np.zeros((0, 2), np.float32), np.zeros(0, bool),
-                       np.zeros(0, np.float32), np.zeros(0, bool))
+                       np.zeros(0, np.float32), np.zeros(0, bool), np.zeros(0, np.float32))
