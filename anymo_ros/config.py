@@ -33,7 +33,10 @@ class ClassifierConfig:
     backend: str = _param("ensemble", "Dynamic/static track classifier: 'geometric' (camera-motion residual), 'learned' "
                                       "(the shipped trajectory transformer) or 'ensemble' (the two probabilities averaged).")
     weights: str = _param("", "Weights file for the learned classifier; empty means the file shipped in resource/.")
-    learned_weight: float = _param(0.5, "Ensemble only: weight of the learned probability in the mean with the geometric one.")
+    learned_weight: float = _param(
+        0.35, "Ensemble only: weight of the learned probability in the mean with the geometric one. Below 0.5 "
+        "(with hysteresis_on 0.6) a confident geometric score can turn a track dynamic on its own, and the "
+        "learned score, trained on synthetic scenes only, moves the undecided ones.")
     learned_every: int = _param(4, "Run the learned classifier on every k-th frame; in between, tracks keep their last "
                                    "learned probability (new tracks rely on the geometric one in the ensemble).")
     residual_window: int = _param(12, "Frames of per-track residual history scored by the geometric classifier.")
