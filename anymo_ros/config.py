@@ -53,8 +53,9 @@ class DensifyConfig:
     backend: str = _param("flow", "Dense mask backend: 'flow' (weight-free DIS flow residual, built in), 'sam2' or 'edgetam' (the paper's two-stage prompting of a streaming video segmenter; needs a checkpoint, see sam2.model).")
     flow_preset: str = _param("medium", "OpenCV DIS preset: 'ultrafast', 'fast' or 'medium'.")
     flow_scale: float = _param(
-        0.5, "Scale of the flow field relative to processing resolution. 'medium' at half scale costs "
-        "less than 'fast' at full scale, and its smoother field leaks less into dark, textureless background.")
+        0.5, "Scale of the flow field relative to processing resolution; the motion map and the region "
+        "stage work at this scale too. 'medium' at half scale costs less than 'fast' at full scale, and "
+        "the coarser map leaks less into dark, textureless background behind fast movers.")
     evidence_decay: float = _param(0.45, "Weight of the warped previous motion map in the temporal accumulation.")
     foreground_threshold: float = _param(0.6, "Accumulated motion probability above which a pixel can belong to an object.")
     min_object_tracks: int = _param(6, "Dynamic tracks an object needs before it is reported.")
