@@ -46,6 +46,7 @@ def tiny_config(**overrides) -> TrajectoryTransformerConfig:
         motion_dim=8, motion_heads=2, motion_ffn_dim=16, motion_encoder_layers=1, motion_decoder_layers=1,
         decoupled_dim=16, decoupled_heads=2, decoupled_ffn_dim=32, decoupled_encoder_blocks=1,
         decoupled_decoder_blocks=1, semantic_dim=0, dropout=0.0, track_anchors=3, ego_motion_inputs=True,
+        ego_motion_baseline=2,
     )
     return TrajectoryTransformerConfig(**{**sizes, **overrides})
 
@@ -195,11 +196,11 @@ def test_anchored_model_output_is_finite_for_invisible_tracks_and_clips():
     assert torch.isfinite(run(model, features, torch.zeros_like(visible))).all()
 
 
-def ego_motion_residuals(xy: np.ndarray) -> torch.Tensor:
-    """Residual channels (N, T, 3) of fully visible pixel tracks (N, T, 2) in a 640 x 480 image."""
+def ego_motion_residuals(xy: np.ndarray, baseline: int = 0) -> torch.Tensor:
+    """Residual channels (N, T, 3 or 5) of fully visible pixel tracks (N, T, 2) in a 640 x 480 image."""
     visible = np.ones(xy.shape[:2], bool)
     features = track_features(xy, visible, visible.astype(np.float32), (640, 480))
-    return _EgoMotionResiduals()(features[None], torch.from_numpy(visible)[None])[0]
+    return _EgoMotionResiduals(baseline)(features[None], torch.from_numpy(visible)[None])[0]
 
 
 def test_ego_motion_residuals_single_out_tracks_off_the_camera_motion():
@@ -227,14 +228,37 @@ def test_ego_motion_residuals_single_out_tracks_off_the_camera_motion():
     assert epipolar[~movers].median() < 0.5 < 2.0 < epipolar[movers].median()
 
 
-def test_ego_motion_residuals_ignore_invalid_steps():
+def test_long_baseline_residuals_find_a_slow_mover_that_one_frame_cannot():
+    # A panning camera, 0.3 px of tracking noise, and movers that drift 0.25 px per frame more.
+    rng = np.random.default_rng(1)
+    frames = np.arange(16)[None, :, None]
+    movers = np.arange(300) < 30
+    xy = rng.uniform((20, 20), (620, 460), (300, 1, 2)) + (3.0, 0.5) * frames \
+        + np.where(movers[:, None, None], (0.25, 0.0), 0.0) * frames + rng.normal(0.0, 0.3, (300, 16, 2))
+    residuals = ego_motion_residuals(xy, baseline=8)
+    assert residuals.shape == (300, 16, 5)
+    one_frame = residuals[:, :-1, :2].abs().amax(-1).mean(1)
+    long = residuals[:, 8:, 3:].abs().amax(-1).mean(1)
+    assert one_frame[movers].median() < 1.3 * one_frame[~movers].median()
+    assert long[movers].median() > 2.0 * long[~movers].median()
+    assert (residuals[:, :8, 3:] == 0).all()   # no frame 8 steps back yet
+    # The first three channels do not depend on the baseline.
+    torch.testing.assert_close(residuals[..., :3], ego_motion_residuals(xy), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("baseline", [0, 3])
+def test_ego_motion_residuals_ignore_invalid_steps(baseline):
     features, visible = random_batch(tracks=40, window=6)
-    residuals = _EgoMotionResiduals()(features, visible)
+    residuals = _EgoMotionResiduals(baseline)(features, visible)
     changed = features.clone()
     changed[~visible] = 1e6
-    torch.testing.assert_close(_EgoMotionResiduals()(changed, visible), residuals, rtol=0, atol=0)
+    torch.testing.assert_close(_EgoMotionResiduals(baseline)(changed, visible), residuals, rtol=0, atol=0)
     paired = visible[..., :-1] & visible[..., 1:]
-    assert (residuals[:, :, :-1][~paired] == 0).all()
+    assert (residuals[:, :, :-1, :3][~paired] == 0).all()
+    if baseline:
+        both = visible[..., :-baseline] & visible[..., baseline:]
+        assert (residuals[:, :, baseline:, 3:][~both] == 0).all()
+        assert residuals[:, :, baseline:, 3:][both].abs().min() > 0
 
 
 # --- shipped weights ------------------------------------------------------------------------

@@ -33,6 +33,8 @@ Two optional additions (both off in the default, paper-size config) make a fast 
   the camera motion fitted to all tracks of the frame (a homography and an epipolar
   geometry, robust least squares). A small model trained for an hour on a CPU cannot learn that
   geometry from the coordinates alone; given the residuals it learns when to trust which.
+  ``ego_motion_baseline`` k adds two: the departure from a homography fitted over the last k
+  frames, which finds the slow movers and the followed ones that one frame hides in its noise.
 """
 from __future__ import annotations
 
@@ -73,6 +75,8 @@ class TrajectoryTransformerConfig:
                                           # learned anchor tokens, O(N * M) instead of O(N^2) per frame
     ego_motion_inputs: bool = False       # add each step's departure from the fitted camera motion to
                                           # the input features (not in the paper)
+    ego_motion_baseline: int = 0          # with ego_motion_inputs: also the departure over this many
+                                          # frames (0: off)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -300,39 +304,68 @@ class _EgoMotionResiduals(nn.Module):
     Steps without a next observation, and all steps of a frame with too few tracks for the fits,
     get zeros.
 
+    With a ``baseline`` of k frames, two more channels hold each step's homography residual
+    (x, y) over the last k frames, fitted and scaled the same way, zero for the first k steps. A
+    slow mover, or one the camera follows, departs from the camera's motion by less than the
+    tracking noise in one frame, but k times as much over k frames, while the noise does not
+    add up alike.
+
     The fits only see valid steps and sum over tracks, so invalid steps and padding tracks
     influence nothing and the order of tracks does not matter. They are inputs, not learned:
     no gradient flows through them.
     """
 
-    channels = 3
     iterations = 2   # a least-squares fit, then one reweighted fit
     min_points = 16  # per frame; the epipolar fit has 8 unknowns
 
+    def __init__(self, baseline: int = 0):
+        super().__init__()
+        self.baseline = baseline
+        self.channels = 5 if baseline else 3
+
     def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, N, T, input_dim) features and (B, N, T) validity -> (B, N, T, 3)."""
+        """(B, N, T, input_dim) features and (B, N, T) validity -> (B, N, T, channels)."""
         batch, tracks, window, _ = features.shape
         with torch.no_grad():
             paired = torch.zeros_like(valid)
             paired[..., :-1] = valid[..., :-1] & valid[..., 1:]
-            # One point set per (clip, frame). Fewer points than min_points leave the models
-            # underdetermined: those frames get no residuals.
-            paired = paired.transpose(1, 2).reshape(batch * window, tracks)
-            paired &= paired.sum(dim=1, keepdim=True) >= self.min_points
-
-            def per_frame(channel: int) -> torch.Tensor:
-                # Double precision: the fits' normal equations must resolve residuals of a
-                # thousandth of the image.
-                values = features[..., channel].transpose(1, 2).reshape(batch * window, tracks).double()
-                return torch.where(paired, values, 0.0)
-
-            x, y = per_frame(_POSITION.start), per_frame(_POSITION.start + 1)
-            u, v = x + per_frame(_STEP.start), y + per_frame(_STEP.start + 1)
+            paired = self._frame_sets(paired[..., :-1])
+            x, y = self._coordinates(features[..., :-1, _POSITION], paired)
+            u, v = self._coordinates(features[..., :-1, _POSITION] + features[..., :-1, _STEP], paired)
             flow_x, flow_y, epipolar = _fit_frame_motion(x, y, u, v, paired, self.iterations)
-            residuals = torch.stack((flow_x.sign() * flow_x.abs().log1p(), flow_y.sign() * flow_y.abs().log1p(),
-                                     epipolar.log1p()), -1)
-            residuals = torch.where(paired.unsqueeze(-1), residuals, 0.0).float()
-        return residuals.view(batch, window, tracks, self.channels).transpose(1, 2)
+            residuals = features.new_zeros(batch, window, tracks, self.channels)
+            residuals[:, :-1, :, :3] = self._compress(torch.stack((flow_x, flow_y, epipolar), -1), paired,
+                                                      batch, window - 1)
+            span = self.baseline
+            if span and window > span:
+                both = self._frame_sets(valid[..., :-span] & valid[..., span:])
+                x, y = self._coordinates(features[..., :-span, _POSITION], both)
+                u, v = self._coordinates(features[..., span:, _POSITION], both)
+                flow_x, flow_y, _ = _fit_frame_motion(x, y, u, v, both, self.iterations, with_epipolar=False)
+                residuals[:, span:, :, 3:] = self._compress(torch.stack((flow_x, flow_y), -1), both,
+                                                            batch, window - span)
+        return residuals.transpose(1, 2)
+
+    def _frame_sets(self, paired: torch.Tensor) -> torch.Tensor:
+        """(B, N, F) pairs -> (B * F, N): one point set per (clip, frame). Fewer points than
+        min_points leave the models underdetermined: those sets are left empty."""
+        batch, tracks, frames = paired.shape
+        paired = paired.transpose(1, 2).reshape(batch * frames, tracks)
+        return paired & (paired.sum(dim=1, keepdim=True) >= self.min_points)
+
+    @staticmethod
+    def _coordinates(positions: torch.Tensor, paired: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x and y (S, N) of (B, N, F, 2) positions, zero outside ``paired``. Double precision: the
+        fits' normal equations must resolve residuals of a thousandth of the image."""
+        return tuple(torch.where(paired, positions[..., axis].transpose(1, 2).reshape(paired.shape).double(), 0.0)
+                     for axis in range(2))
+
+    @staticmethod
+    def _compress(residuals: torch.Tensor, paired: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+        """Signed log1p of scaled residuals (S, N, C), zero where unpaired, as (B, frames, N, C)."""
+        compressed = residuals.sign() * residuals.abs().log1p()
+        compressed = torch.where(paired.unsqueeze(-1), compressed, 0.0).float()
+        return compressed.view(batch, frames, -1, residuals.shape[-1])
 
 
 # The fits below work on point sets (S, N) of coordinates, one tensor per coordinate: products of
@@ -340,10 +373,11 @@ class _EgoMotionResiduals(nn.Module):
 
 
 def _fit_frame_motion(
-    x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, paired: torch.Tensor, iterations: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x: torch.Tensor, y: torch.Tensor, u: torch.Tensor, v: torch.Tensor, paired: torch.Tensor, iterations: int,
+    with_epipolar: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Scaled residuals of the point pairs (x, y) -> (u, v), each (S, N): the homography's in x and
-    y, and the epipolar (Sampson) distance."""
+    y, and the epipolar (Sampson) distance (None without ``with_epipolar``)."""
     weight = paired.double()
     x, y = _normalise_points(x, y, weight)
     u, v = _normalise_points(u, v, weight)
@@ -352,21 +386,23 @@ def _fit_frame_motion(
     # the homography): the weights change from fit to fit, the constraints do not.
     homography_rows = torch.cat((torch.stack((-x, -y, -one, zero, zero, zero, u * x, u * y, u), 1),
                                  torch.stack((zero, zero, zero, -x, -y, -one, v * x, v * y, v), 1)), dim=2)
-    epipolar_rows = torch.stack((u * x, u * y, u, v * x, v * y, v, x, y, one), 1)
+    epipolar_rows = torch.stack((u * x, u * y, u, v * x, v * y, v, x, y, one), 1) if with_epipolar else None
     homography_weight = epipolar_weight = weight
+    epipolar = None
     for _ in range(iterations):
         h = _null_vector(homography_rows, homography_weight.repeat(1, 2)).unsqueeze(-1)
         mapped_w = h[:, 6] * x + h[:, 7] * y + h[:, 8]
         mapped_w = torch.where(mapped_w.abs() < 1e-12, 1e-12, mapped_w)
         flow_x = u - (h[:, 0] * x + h[:, 1] * y + h[:, 2]) / mapped_w
         flow_y = v - (h[:, 3] * x + h[:, 4] * y + h[:, 5]) / mapped_w
-        epipolar = _sampson_distance(x, y, u, v, _null_vector(epipolar_rows, epipolar_weight))
         scale = _robust_scale((flow_x.square() + flow_y.square()).sqrt(), paired)
         flow_x, flow_y = flow_x / scale, flow_y / scale
-        epipolar = epipolar / _robust_scale(epipolar, paired)
         # Cauchy weights: a step a few scales off the fitted motion barely counts in the next fit.
         homography_weight = weight / (1.0 + 0.25 * (flow_x.square() + flow_y.square()))
-        epipolar_weight = weight / (1.0 + 0.25 * epipolar.square())
+        if with_epipolar:
+            epipolar = _sampson_distance(x, y, u, v, _null_vector(epipolar_rows, epipolar_weight))
+            epipolar = epipolar / _robust_scale(epipolar, paired)
+            epipolar_weight = weight / (1.0 + 0.25 * epipolar.square())
     return flow_x, flow_y, epipolar
 
 
@@ -419,8 +455,8 @@ class TrajectoryTransformer(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.ego_motion = _EgoMotionResiduals() if c.ego_motion_inputs else None
-        extra_inputs = _EgoMotionResiduals.channels if c.ego_motion_inputs else 0
+        self.ego_motion = _EgoMotionResiduals(c.ego_motion_baseline) if c.ego_motion_inputs else None
+        extra_inputs = self.ego_motion.channels if self.ego_motion is not None else 0
         self.input_projection = nn.Sequential(
             nn.Linear(c.input_dim + extra_inputs, c.motion_dim), nn.ReLU(),
             nn.Linear(c.motion_dim, c.motion_dim), nn.ReLU(),
