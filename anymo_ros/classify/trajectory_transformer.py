@@ -327,23 +327,19 @@ class _EgoMotionResiduals(nn.Module):
         """(B, N, T, input_dim) features and (B, N, T) validity -> (B, N, T, channels)."""
         batch, tracks, window, _ = features.shape
         with torch.no_grad():
-            paired = torch.zeros_like(valid)
-            paired[..., :-1] = valid[..., :-1] & valid[..., 1:]
-            paired = self._frame_sets(paired[..., :-1])
+            paired = self._frame_sets(valid[..., :-1] & valid[..., 1:])
             x, y = self._coordinates(features[..., :-1, _POSITION], paired)
             u, v = self._coordinates(features[..., :-1, _POSITION] + features[..., :-1, _STEP], paired)
             flow_x, flow_y, epipolar = _fit_frame_motion(x, y, u, v, paired, self.iterations)
             residuals = features.new_zeros(batch, window, tracks, self.channels)
-            residuals[:, :-1, :, :3] = self._compress(torch.stack((flow_x, flow_y, epipolar), -1), paired,
-                                                      batch, window - 1)
+            residuals[:, :-1, :, :3] = self._compress(torch.stack((flow_x, flow_y, epipolar), -1), paired, batch)
             span = self.baseline
             if span and window > span:
                 both = self._frame_sets(valid[..., :-span] & valid[..., span:])
                 x, y = self._coordinates(features[..., :-span, _POSITION], both)
                 u, v = self._coordinates(features[..., span:, _POSITION], both)
                 flow_x, flow_y, _ = _fit_frame_motion(x, y, u, v, both, self.iterations, with_epipolar=False)
-                residuals[:, span:, :, 3:] = self._compress(torch.stack((flow_x, flow_y), -1), both,
-                                                            batch, window - span)
+                residuals[:, span:, :, 3:] = self._compress(torch.stack((flow_x, flow_y), -1), both, batch)
         return residuals.transpose(1, 2)
 
     def _frame_sets(self, paired: torch.Tensor) -> torch.Tensor:
@@ -361,11 +357,11 @@ class _EgoMotionResiduals(nn.Module):
                      for axis in range(2))
 
     @staticmethod
-    def _compress(residuals: torch.Tensor, paired: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
-        """Signed log1p of scaled residuals (S, N, C), zero where unpaired, as (B, frames, N, C)."""
+    def _compress(residuals: torch.Tensor, paired: torch.Tensor, batch: int) -> torch.Tensor:
+        """Signed log1p of scaled residuals (B * F, N, C), zero where unpaired, as (B, F, N, C)."""
         compressed = residuals.sign() * residuals.abs().log1p()
         compressed = torch.where(paired.unsqueeze(-1), compressed, 0.0).float()
-        return compressed.view(batch, frames, -1, residuals.shape[-1])
+        return compressed.view(batch, -1, *compressed.shape[1:])
 
 
 # The fits below work on point sets (S, N) of coordinates, one tensor per coordinate: products of
