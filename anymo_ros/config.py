@@ -37,8 +37,9 @@ class ClassifierConfig:
         0.35, "Ensemble only: weight of the learned probability in the mean with the geometric one. Below 0.5 "
         "(with hysteresis_on 0.6) a confident geometric score can turn a track dynamic on its own, and the "
         "learned score, trained on synthetic scenes only, moves the undecided ones.")
-    learned_every: int = _param(4, "Run the learned classifier on every k-th frame; in between, tracks keep their last "
-                                   "learned probability (new tracks rely on the geometric one in the ensemble).")
+    learned_every: int = _param(4, "Tracks the learned classifier re-scores each k frames: every frame it scores one "
+                                   "k-th of them in turn, plus the new ones; the others keep their last learned "
+                                   "probability.")
     residual_window: int = _param(12, "Frames of per-track residual history scored by the geometric classifier.")
     long_baseline: int = _param(8, "Frames between the two views of the geometric classifier's long-baseline residual, "
                                    "which finds slow and large movers that a frame-to-frame fit absorbs; 0 turns it off.")

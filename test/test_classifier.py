@@ -196,19 +196,50 @@ def _window(ids: np.ndarray, length: int, rng: np.random.Generator) -> WindowTra
 
 
 @needs_shipped
-def test_learned_scorer_runs_every_kth_frame_and_carries_scores_in_between():
+def test_learned_scorer_rescores_tracks_in_turn_and_new_ones_at_once():
     classifier = OnlineTrackClassifier(ClassifierConfig(backend="learned", learned_every=2))
     scorer = classifier.learned
-    calls = []
+    scored = []   # the ids the model saw at each run
     predict = scorer.classifier.predict
-    scorer.classifier.predict = lambda *args, **kwargs: calls.append(1) or predict(*args, **kwargs)
     rng = np.random.default_rng(0)
-    # A first frame has nothing to score (one step per track): it does not use up a run.
-    assert np.isnan(scorer.update(np.arange(5), _window(np.arange(5), 1, rng), (320, 240))).all()
-    first = scorer.update(np.arange(5), _window(np.arange(5), 8, rng), (320, 240))
-    # Frame 2: tracks 1..4 live on, track 7 is new; the model does not run.
-    second = scorer.update(np.array([1, 2, 3, 4, 7]), _window(np.array([1, 2, 3, 4, 7]), 8, rng), (320, 240))
-    np.testing.assert_array_equal(second[:4], first[1:])
-    assert np.isnan(second[4])
-    third = scorer.update(np.array([1, 7]), _window(np.array([1, 7]), 8, rng), (320, 240))
-    assert len(calls) == 2 and np.isfinite(third).all()
+    frame_ids = np.arange(200)
+
+    def spy(xy, *args, **kwargs):
+        # The window rows are the ids' rows: find which ids were passed by their positions.
+        scored.append(frame_ids[np.isin(window.xy[:, -1, 0], xy[:, -1, 0])])
+        return predict(xy, *args, **kwargs)
+
+    scorer.classifier.predict = spy
+    # A first frame has nothing to score (one step per track): it does not take a turn.
+    window = _window(frame_ids, 1, rng)
+    assert np.isnan(scorer.update(frame_ids, window, (320, 240))).all() and scored == []
+    window = _window(frame_ids, 8, rng)
+    first = scorer.update(frame_ids, window, (320, 240))
+    np.testing.assert_array_equal(scored[-1], frame_ids)
+    # Next frame: the odd ids' turn, plus the new tracks 200 and 203; the even ids keep their scores.
+    frame_ids = np.concatenate([np.arange(200), [200, 203]])
+    window = _window(frame_ids, 8, rng)
+    second = scorer.update(frame_ids, window, (320, 240))
+    np.testing.assert_array_equal(scored[-1], np.concatenate([np.arange(1, 200, 2), [200, 203]]))
+    np.testing.assert_array_equal(second[:200:2], first[::2])
+    assert np.isfinite(second).all() and not np.isin(second[1:200:2], first).any()
+    # Then the even ids' turn, 200 included; the odd ids keep the scores they just got.
+    window = _window(frame_ids, 8, rng)
+    third = scorer.update(frame_ids, window, (320, 240))
+    np.testing.assert_array_equal(scored[-1], np.arange(0, 201, 2))
+    np.testing.assert_array_equal(third[1:200:2], second[1:200:2])
+    assert third[-1] == second[-1] and third[-2] != second[-2]
+
+
+@needs_shipped
+def test_learned_scorer_scores_every_track_each_frame_when_few_are_ready():
+    classifier = OnlineTrackClassifier(ClassifierConfig(backend="learned", learned_every=4))
+    scorer = classifier.learned
+    scored = []
+    predict = scorer.classifier.predict
+    scorer.classifier.predict = lambda xy, *args, **kwargs: scored.append(len(xy)) or predict(xy, *args, **kwargs)
+    rng = np.random.default_rng(1)
+    ids = np.arange(4 * scorer.MIN_CONTEXT - 1)
+    for _ in range(3):
+        assert np.isfinite(scorer.update(ids, _window(ids, 8, rng), (320, 240))).all()
+    assert scored == [len(ids)] * 3

@@ -30,9 +30,15 @@ def weights_path(config: ClassifierConfig) -> Path:
 class LearnedScorer:
     """Dynamic probability of each live track from its window history, by the trajectory transformer.
 
-    With ``every`` k > 1 the model runs on every k-th frame only; in between, each track keeps
-    the probability of the last run and tracks born since have none (NaN).
+    With ``every`` k > 1 each frame scores one k-th of the tracks in turn (by id), plus every
+    track that has no score yet; the others keep the probability of their last run. Every track
+    is re-scored each k frames, new tracks as soon as they have a step, and the model's cost is
+    spread evenly over the frames instead of falling on every k-th. The model sees the scored
+    tracks only, a few hundred of them, as in training; with fewer than k times ``MIN_CONTEXT``
+    tracks ready, it scores them all each frame.
     """
+
+    MIN_CONTEXT = 64   # the fewest tracks per clip the shipped model was trained on
 
     def __init__(self, config: ClassifierConfig, device: str = "cpu"):
         from anymo_ros.classify.trajectory_transformer import LearnedTrackClassifier
@@ -52,20 +58,21 @@ class LearnedScorer:
         visible_steps = window.visible.sum(axis=1)
         self._ids, self._visible_steps = ids, visible_steps
         ready = visible_steps >= 2
-        # The count starts at the first frame with something to score, so that one runs.
-        run = self._calls % self.every == 0
+        scores = carry_over(self._scored_ids, self._scores, ids, np.nan)
+        in_turn = ids % self.every == self._calls % self.every
+        # The count starts at the first frame with something to score.
         self._calls += int(ready.any())
-        if not run:
-            return carry_over(self._scored_ids, self._scores, ids, np.nan)
-        raw = np.full(len(ids), np.nan, np.float32)
-        if ready.any():
-            xy = np.nan_to_num(window.xy[ready])
-            depth = None if window.depth is None else window.depth[ready]
-            raw[ready] = self.classifier.predict(
-                xy, window.visible[ready], window.confidence[ready], image_size, depth,
-                None if semantics is None else semantics[ready])
-        self._scored_ids, self._scores = ids, raw
-        return raw
+        chosen = ready & (in_turn | np.isnan(scores))
+        if ready.sum() < self.every * self.MIN_CONTEXT:
+            chosen = ready
+        if chosen.any():
+            xy = np.nan_to_num(window.xy[chosen])
+            depth = None if window.depth is None else window.depth[chosen]
+            scores[chosen] = self.classifier.predict(
+                xy, window.visible[chosen], window.confidence[chosen], image_size, depth,
+                None if semantics is None else semantics[chosen])
+        self._scored_ids, self._scores = ids, scores
+        return scores
 
     def evidence_count(self, ids: np.ndarray) -> np.ndarray:
         return carry_over(self._ids, np.maximum(self._visible_steps - 1, 0), ids, 0)
