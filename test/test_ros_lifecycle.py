@@ -1,4 +1,6 @@
 """segment_node as a managed node, driven through its real lifecycle services over DDS."""
+import gc
+
 import pytest
 
 pytest.importorskip("rclpy", reason="ROS 2 rclpy is not importable; run: bash scripts/test.sh")
@@ -77,9 +79,11 @@ def test_lifecycle_transitions_gate_outputs_and_models(ros, monkeypatch):
     publisher.publish(frames[1])
     assert not_processed(2)["lifecycle state"] == "inactive"
 
-    # Active: one result per frame, the first results of the node.
+    # Active: one result per frame, the first results of the node. What exists now, models
+    # included, is out of the garbage collector's full passes.
+    assert gc.get_freeze_count() == 0
     assert lifecycle.change(Transition.TRANSITION_ACTIVATE)
-    assert lifecycle.state() == "active"
+    assert lifecycle.state() == "active" and gc.get_freeze_count() > 0
     outputs = stream_in_lockstep(publisher, masks, frames[2:6])
     assert [m.header for m in masks.messages] == [m.header for m in outputs]
 
@@ -87,7 +91,7 @@ def test_lifecycle_transitions_gate_outputs_and_models(ros, monkeypatch):
     releases = record_calls(monkeypatch, node.segmenter, "release")
     loads = record_calls(monkeypatch, node.segmenter, "load")
     assert lifecycle.change(Transition.TRANSITION_DEACTIVATE)
-    assert lifecycle.state() == "inactive" and len(releases) == 1
+    assert lifecycle.state() == "inactive" and len(releases) == 1 and gc.get_freeze_count() == 0
     publisher.publish(frames[6])
     assert not_processed(3)["lifecycle state"] == "inactive"
     assert len(masks.messages) == len(outputs)
