@@ -62,9 +62,9 @@ class LearnedScorer:
         in_turn = ids % self.every == self._calls % self.every
         # The count starts at the first frame with something to score.
         self._calls += int(ready.any())
-        chosen = ready & (in_turn | np.isnan(scores))
-        if ready.sum() < self.every * self.MIN_CONTEXT:
-            chosen = ready
+        chosen = ready
+        if ready.sum() >= self.every * self.MIN_CONTEXT:
+            chosen = ready & (in_turn | np.isnan(scores))
         if chosen.any():
             xy = np.nan_to_num(window.xy[chosen])
             depth = None if window.depth is None else window.depth[chosen]
