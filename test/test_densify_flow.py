@@ -113,3 +113,19 @@ def test_colour_refinement_trims_a_halo_of_background_colour():
     whole = refine_with_colour(canvas_mask, quantise_colours(canvas), canvas_motion, size=10)
     np.testing.assert_array_equal(refine_around(canvas_mask, canvas, canvas_motion, 10), whole)
     np.testing.assert_array_equal(whole[250:370, 300:460], refined)
+
+
+def test_colour_refinement_trims_a_thin_object_narrower_than_the_band():
+    # A red bar 10 px thick whose coarse mask spills 3 px on each side: a 10 px band would leave
+    # no inside to learn the bar's colours from, so the band shrinks to half the mask's depth.
+    rng = np.random.default_rng(1)
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[..., 1] = 150 + rng.integers(0, 40, (120, 160))
+    truth = np.zeros((120, 160), bool)
+    truth[55:65, 20:140] = True
+    image[truth] = (200, 40, 40)
+    coarse = np.zeros((120, 160), bool)
+    coarse[52:68, 17:143] = True
+    motion = np.where(truth, 0.9, np.where(coarse, 0.6, 0.1)).astype(np.float32)
+    refined = refine_with_colour(coarse, quantise_colours(image), motion, size=10)
+    assert (refined & truth).sum() / (refined | truth).sum() > 0.9 > (coarse & truth).sum() / coarse.sum() + 0.2

@@ -36,6 +36,11 @@ _OCCLUSION_PX = 1.5      # forward-backward flow disagreement marking (dis)occlu
 _ABSORB_KERNEL = np.ones((6, 6), np.uint8)  # the paper's stage-1 dilation, 3 iterations
 _FLOW_NOISE_FLOOR = 0.3  # px: DIS errors are spatially correlated, so the sampled spread understates them
 _LINK_SPACINGS = 1.5     # tracks closer than this many seeding-grid spacings are spatial neighbours
+_BAND_REACH = 0.5       # fraction of the way from an object's edge to its deepest point that the colour
+                         # band may reach: a wider band leaves a thin object (a hull, a leg) too little
+                         # inside to learn its colours from
+_MIN_COLOUR_SAMPLES = 200  # pixels each colour histogram needs; a small early blob of a larger object
+                           # shares its colours with its ring, and colour would trim it to nothing
 _SPLIT_SUPPORT = 2       # times an object's minimum of tracks that a part needs to split off: a
                          # sliver of dragged or parallax tracks beside an object is no second mover
 
@@ -290,17 +295,19 @@ def refine_with_colour(mask: np.ndarray, quantised: np.ndarray, motion_map: np.n
     """Re-decide a band around the mask boundary from colour histograms of the object's inside
     and its surroundings, weighted by the motion evidence: boundaries follow the object's
     colours where flow and tracks are too coarse to place them. ``size`` is the band's
-    half-width (default: ``colour_band`` of the arrays given)."""
+    half-width (default: ``colour_band`` of the arrays given); it reaches at most half-way into
+    the object, so a thin object keeps an inside to learn its colours from."""
     size = size or colour_band(mask.shape)
     # Distances to the mask and to its outside give the eroded, dilated and ring regions at
     # once, far cheaper than morphology with kernels this large.
     mask_u8 = mask.astype(np.uint8)
     inside_depth = cv2.distanceTransform(mask_u8, cv2.DIST_L2, cv2.DIST_MASK_5)
+    size = max(2, min(size, round(_BAND_REACH * float(inside_depth.max()))))
     outside_distance = cv2.distanceTransform(1 - mask_u8, cv2.DIST_L2, cv2.DIST_MASK_5)
     inner = inside_depth > size
     outer = outside_distance <= size
     ring = ~outer & (outside_distance <= 2 * size)
-    if inner.sum() < 50 or ring.sum() < 50:
+    if inner.sum() < _MIN_COLOUR_SAMPLES or ring.sum() < _MIN_COLOUR_SAMPLES:
         return mask
     bins = 16 ** 3
     inside = np.bincount(quantised[inner], minlength=bins).astype(np.float32) + 0.5
