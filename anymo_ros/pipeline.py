@@ -235,12 +235,6 @@ class MotionSegmenter:
         position_error = update.position_error[order]
         prev_xy = carry_over(self._ids, self._xy, ids, np.nan)
         paired = carry_over(self._ids, self._visible, ids, False) & visible
-        if update.born_previous_xy is not None and len(self.window):
-            # Tracks born with a first step: it joins the previous frame like any other step.
-            followed = np.flatnonzero(np.isfinite(update.born_previous_xy[order, 0]) & visible)
-            prev_xy[followed] = update.born_previous_xy[order][followed]
-            paired[followed] = True
-            self.window.add_to_newest(ids[followed], prev_xy[followed], confidence[followed])
 
         tic = time.perf_counter()
         # New tracks start undecided, leaning on the motion map, and need their own evidence.

@@ -221,17 +221,3 @@ def test_torch_threads_come_from_the_config():
             MotionSegmenter(SegmenterConfig(torch_threads=-1))
     finally:
         torch.set_num_threads(before)
-
-
-def test_tracks_born_with_a_first_step_are_scored_at_birth():
-    clip = render_clip(seed=4, num_frames=6, num_objects=1, camera_motion="pan")
-    segmenter = MotionSegmenter(SegmenterConfig())
-    results = [segmenter.feed(frame, stamp) for frame, stamp in zip(clip.frames, clip.stamps)]
-    born = np.setdiff1d(results[-1].tracks.ids, results[-2].tracks.ids)
-    assert len(born) > 5
-    window = segmenter.window.tracks(born)
-    followed = window.visible[:, -2]   # the tracker found them one frame back
-    assert followed.sum() >= 10   # the rest came into view at the border
-    # Their first step is in the classifier's evidence already, like any older track's.
-    evidence = segmenter.classifier.geometric.evidence_count(born)
-    assert (evidence[followed] == 1).all() and (evidence[~followed] == 0).all()
