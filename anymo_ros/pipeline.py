@@ -235,13 +235,21 @@ class MotionSegmenter:
         position_error = update.position_error[order]
         prev_xy = carry_over(self._ids, self._xy, ids, np.nan)
         paired = carry_over(self._ids, self._visible, ids, False) & visible
+        if update.born_previous_xy is not None and len(self.window):
+            # Tracks born with a first step: it joins the previous frame like any other step.
+            followed = np.flatnonzero(np.isfinite(update.born_previous_xy[order, 0]) & visible)
+            prev_xy[followed] = update.born_previous_xy[order][followed]
+            paired[followed] = True
+            self.window.add_to_newest(ids[followed], prev_xy[followed], confidence[followed])
 
         tic = time.perf_counter()
         # New tracks start undecided, leaning on the motion map, and need their own evidence.
         prior = np.full(len(ids), 0.25, np.float32)
+        new_static_weight = None
         motion_map = self.densifier.motion_map
         if motion_map is not None:
-            prior = 0.5 * _sample(motion_map, xy * (motion_map.shape[1] / gray.shape[1]))
+            moving = _sample(motion_map, xy * (motion_map.shape[1] / gray.shape[1]))
+            prior, new_static_weight = 0.5 * moving, 1.0 - moving
         track_depth = None
         if depth is not None:
             track_depth = _sample(depth.astype(np.float32, copy=False), xy / scale, invalid=np.nan)
@@ -255,7 +263,8 @@ class MotionSegmenter:
             semantics, _ = self.semantic_cache.vectors(ids)
         frame = self.classifier.step(ids, prev_xy, xy, paired, (gray.shape[1], gray.shape[0]), prior,
                                      fit_backward=True, window=window, semantics=semantics, visible=visible,
-                                     position_error=position_error)
+                                     position_error=position_error,
+                                     new_static_weight=new_static_weight)
         probability = frame.probability
         stage_times["classify"] = stage_times.get("classify", 0.0) + time.perf_counter() - tic
 

@@ -52,6 +52,20 @@ class TrackWindow:
             frame_index, stamp, ids[order], xy[order], visible[order], confidence[order],
             None if depth is None else depth[order]))
 
+    def add_to_newest(self, ids: np.ndarray, xy: np.ndarray, confidence: np.ndarray) -> None:
+        """Add visible tracks to the newest frame: tracks born at the next frame that the
+        tracker followed one frame back. ``ids`` must not be in that frame yet; depth there is unknown."""
+        if not self._frames or len(ids) == 0:
+            return
+        frame = self._frames[-1]
+        all_ids = np.concatenate([frame.ids, ids])
+        order = np.argsort(all_ids, kind="stable")
+        depth = None if frame.depth is None else np.concatenate([frame.depth, np.full(len(ids), np.nan, np.float32)])[order]
+        self._frames[-1] = _FrameEntry(
+            frame.frame_index, frame.stamp, all_ids[order], np.concatenate([frame.xy, xy])[order],
+            np.concatenate([frame.visible, np.ones(len(ids), bool)])[order],
+            np.concatenate([frame.confidence, confidence])[order], depth)
+
     def tracks(self, ids: np.ndarray) -> WindowTracks:
         """The window's history of the given track ids."""
         count, steps = len(ids), len(self._frames)

@@ -110,3 +110,30 @@ def test_window_positions_agree_with_the_full_history():
         np.testing.assert_array_equal(xy, history.xy[:, -1 - age])
         np.testing.assert_array_equal(visible, history.visible[:, -1 - age])
     assert np.isnan(window.positions(query, 0)[0][3]).all()   # never seen
+
+    # Tracks born at the next frame and followed back join the newest frame, in id order.
+    window.add_to_newest(np.array([4, 40]), np.float32([[1, 2], [3, 4]]), np.float32([0.5, 0.9]))
+    xy, visible = window.positions(np.array([3, 4, 40]), 0)
+    np.testing.assert_array_equal(xy[1:], [[1, 2], [3, 4]])
+    assert visible[1:].all() and window.tracks(np.array([4])).confidence[0, -1] == 0.5
+    assert np.isnan(window.positions(np.array([4]), 1)[0]).all()
+
+
+def test_new_points_are_followed_one_frame_back_where_they_were_in_view():
+    wide = _texture(2, size=(240, 400))
+    tracker = create_tracker(TrackerConfig())
+    first = tracker.push(wide[:, 80:], 0)[0]
+    assert first.born.all() and np.isnan(first.born_previous_xy).all()   # no earlier frame
+    followed = entered = 0
+    for step in range(1, 6):
+        # Content moves right by 6 px per frame; the left strip has just come into view.
+        update = tracker.push(np.ascontiguousarray(wide[:, 80 - 6 * step: 400 - 6 * step]), step)[0]
+        assert np.isnan(update.born_previous_xy[~update.born]).all()
+        born_xy, back_xy = update.xy[update.born], update.born_previous_xy[update.born]
+        known = np.isfinite(back_xy[:, 0])
+        np.testing.assert_allclose(back_xy[known], born_xy[known] - [6, 0], atol=0.15)
+        assert (born_xy[known][:, 0] >= 6).all()   # where it was out of view there is no step
+        followed += int(known.sum())
+        entered += int((born_xy[:, 0] < 6).sum())
+        np.testing.assert_array_equal(update.position_error[update.born][~known], 0)
+    assert followed > 20 and entered > 5

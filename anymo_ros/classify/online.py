@@ -139,7 +139,8 @@ class OnlineTrackClassifier:
     def step(self, ids: np.ndarray, prev_xy: np.ndarray, xy: np.ndarray, paired: np.ndarray,
              image_size: tuple[int, int], prior: np.ndarray, fit_backward: bool = False,
              window: WindowTracks | None = None, semantics: np.ndarray | None = None,
-             visible: np.ndarray | None = None, position_error: np.ndarray | None = None) -> FrameClassification:
+             visible: np.ndarray | None = None, position_error: np.ndarray | None = None,
+             new_static_weight: np.ndarray | None = None) -> FrameClassification:
         """Classify sorted track ``ids`` at the current frame.
 
         ``prev_xy``/``xy`` are positions in the previous and current frame, ``paired`` marks
@@ -147,11 +148,15 @@ class OnlineTrackClassifier:
         the probability given to tracks seen the first time. ``position_error`` (px, per axis) is
         the tracker's own error estimate of each track's step; the geometric scorer adds it to the
         camera fit's noise, so that a poorly tracked point (blur, water, low texture) needs a
-        larger residual to count as moving.
+        larger residual to count as moving. ``new_static_weight`` is the camera fit's belief that
+        each track seen for the first time is static (default 0.5): a track born with a first step
+        inside a moving region would otherwise let the fit's smooth field absorb that motion.
         The learned scorer also needs the ``window`` history of ``ids`` (current frame included)
         and takes optional per-track ``semantics``.
         """
-        static_weight = 1.0 - self.probability_of(ids, 0.5)
+        static_weight = 1.0 - self.probability_of(ids, np.nan)
+        unseen = np.isnan(static_weight)
+        static_weight[unseen] = 0.5 if new_static_weight is None else new_static_weight[unseen]
         forward = fit_camera_motion(prev_xy[paired], xy[paired], static_weight[paired], image_size)
         backward = None
         if fit_backward:

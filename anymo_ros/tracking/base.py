@@ -25,6 +25,9 @@ class TrackUpdate:
     confidence: np.ndarray   # (N,) float32 in [0, 1]
     born: np.ndarray         # (N,) bool, True for tracks seeded at this frame
     position_error: np.ndarray  # (N,) float32 px: the tracker's per-axis error estimate of this step, 0 if none
+    # (N, 2) float32: where each track born at this frame was one frame earlier, when the tracker
+    # could follow it back (its first step then exists at birth); NaN elsewhere. None: not offered.
+    born_previous_xy: np.ndarray | None = None
 
 
 class PointTracker(ABC):

@@ -17,6 +17,10 @@ class LucasKanadeTracker(PointTracker):
     ``fb_threshold``); confidence is ``exp(-fb_error / fb_threshold)``, and the position error of
     the step is half the forward-backward error (two passes' errors add up). LK cannot re-find an
     occluded point, so an occluded track ends and a fresh one is seeded when the area reappears.
+    A new point is also followed one frame back, under the same test: where that succeeds, the
+    track is born with its first step (and its confidence and error), so it can be classified a
+    frame earlier. On a mover whose tracks are short-lived (blur, deformation) that frame is much
+    of their life.
     """
 
     name = "lk"
@@ -35,44 +39,61 @@ class LucasKanadeTracker(PointTracker):
     def push(self, gray: np.ndarray, frame_index: int) -> list[TrackUpdate]:
         if self._prev_gray is not None and self._prev_gray.shape != gray.shape:
             self.reset()
-        if self._prev_gray is not None and len(self._ids):
+        previous_gray = self._prev_gray
+        if previous_gray is not None and len(self._ids):
             update = self._track(gray, frame_index)
         else:
             update = _empty_update(frame_index)
         self._prev_gray = gray
         born_ids, born_xy = self._seed(gray)
-        if len(born_ids):
-            update = TrackUpdate(
-                frame_index,
-                np.concatenate([update.ids, born_ids]),
-                np.concatenate([update.xy, born_xy]),
-                np.concatenate([update.visible, np.ones(len(born_ids), bool)]),
-                np.concatenate([update.confidence, np.ones(len(born_ids), np.float32)]),
-                np.concatenate([update.born, np.ones(len(born_ids), bool)]),
-                np.concatenate([update.position_error, np.zeros(len(born_ids), np.float32)]),
-            )
-        return [update]
+        count = len(born_ids)
+        born_previous_xy = np.full((count, 2), np.nan, np.float32)
+        born_confidence = np.ones(count, np.float32)
+        born_error = np.zeros(count, np.float32)
+        if count and previous_gray is not None:
+            back_xy, followed, fb_error = self._follow(gray, previous_gray, born_xy)
+            born_previous_xy[followed] = back_xy[followed]
+            born_confidence[followed] = np.exp(-fb_error[followed] / self.config.fb_threshold)
+            born_error[followed] = fb_error[followed] / 2
+        return [TrackUpdate(
+            frame_index,
+            np.concatenate([update.ids, born_ids]),
+            np.concatenate([update.xy, born_xy]),
+            np.concatenate([update.visible, np.ones(count, bool)]),
+            np.concatenate([update.confidence, born_confidence]),
+            np.concatenate([update.born, np.ones(count, bool)]),
+            np.concatenate([update.position_error, born_error]),
+            np.concatenate([np.full((len(update.ids), 2), np.nan, np.float32), born_previous_xy]),
+        )]
+
+    def _follow(self, source: np.ndarray, target: np.ndarray,
+                xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Points ``xy`` of ``source`` found in ``target``: positions, whether they pass the
+        forward-backward test, and the forward-backward error (px)."""
+        cfg = self.config
+        window = (cfg.lk_window, cfg.lk_window)
+        found, status_fwd, _ = cv2.calcOpticalFlowPyrLK(
+            source, target, xy.reshape(-1, 1, 2), None, winSize=window, maxLevel=cfg.lk_levels,
+            criteria=self._criteria)
+        back, status_bwd, _ = cv2.calcOpticalFlowPyrLK(
+            target, source, found, None, winSize=window, maxLevel=cfg.lk_levels, criteria=self._criteria)
+        found = found.reshape(-1, 2)
+        fb_error = np.linalg.norm(back.reshape(-1, 2) - xy, axis=1)
+        height, width = target.shape
+        # LK's window must lie in the image; half outside, it drifts with the border.
+        margin = cfg.lk_window / 2
+        inside = (found[:, 0] >= margin) & (found[:, 0] <= width - 1 - margin) & \
+            (found[:, 1] >= margin) & (found[:, 1] <= height - 1 - margin)
+        passed = (status_fwd.ravel() == 1) & (status_bwd.ravel() == 1) & (fb_error < cfg.fb_threshold) & inside
+        passed &= np.isfinite(found).all(axis=1)
+        return found.astype(np.float32), passed, fb_error
 
     def _track(self, gray: np.ndarray, frame_index: int) -> TrackUpdate:
         cfg = self.config
-        window = (cfg.lk_window, cfg.lk_window)
-        p0 = self._xy.reshape(-1, 1, 2)
-        p1, status_fwd, _ = cv2.calcOpticalFlowPyrLK(
-            self._prev_gray, gray, p0, None, winSize=window, maxLevel=cfg.lk_levels, criteria=self._criteria)
-        p0_back, status_bwd, _ = cv2.calcOpticalFlowPyrLK(
-            gray, self._prev_gray, p1, None, winSize=window, maxLevel=cfg.lk_levels, criteria=self._criteria)
-        p1 = p1.reshape(-1, 2)
-        fb_error = np.linalg.norm(p0_back.reshape(-1, 2) - self._xy, axis=1)
-        height, width = gray.shape
-        # LK's window must lie in the image; half outside, it drifts with the border.
-        margin = cfg.lk_window / 2
-        inside = (p1[:, 0] >= margin) & (p1[:, 0] <= width - 1 - margin) & \
-            (p1[:, 1] >= margin) & (p1[:, 1] <= height - 1 - margin)
-        visible = (status_fwd.ravel() == 1) & (status_bwd.ravel() == 1) & (fb_error < cfg.fb_threshold) & inside
-        visible &= np.isfinite(p1).all(axis=1)
+        p1, visible, fb_error = self._follow(self._prev_gray, gray, self._xy)
         confidence = np.where(visible, np.exp(-fb_error / cfg.fb_threshold), 0.0).astype(np.float32)
         position_error = np.where(visible, fb_error / 2, 0.0).astype(np.float32)
-        update = TrackUpdate(frame_index, self._ids.copy(), p1.astype(np.float32), visible, confidence,
+        update = TrackUpdate(frame_index, self._ids.copy(), p1, visible, confidence,
                              np.zeros(len(self._ids), bool), position_error)
         keep = visible & _not_crowded(p1, self._ids, cfg.grid_spacing, gray.shape)
         self._xy = p1[keep].astype(np.float32)
