@@ -42,6 +42,14 @@ def tiny_sam2_config(family: str = "sam2", image_size: int = TINY_IMAGE):
     pieces (so hidden sizes are a multiple of 64 above it: 128), a global-attention block cannot be
     the first block of a pooling stage, and EdgeTAM's perceiver width equals the memory width.
     """
+    if family == "edgetam":
+        from transformers import EdgeTamVideoConfig as VideoConfig
+        from transformers import EdgeTamVideoMaskDecoderConfig as MaskDecoderConfig
+        from transformers import EdgeTamVideoPromptEncoderConfig as PromptEncoderConfig
+    else:
+        from transformers import Sam2VideoConfig as VideoConfig
+        from transformers import Sam2VideoMaskDecoderConfig as MaskDecoderConfig
+        from transformers import Sam2VideoPromptEncoderConfig as PromptEncoderConfig
     side = image_size
     vision = dict(
         model_type="sam2_vision_model",
@@ -55,21 +63,21 @@ def tiny_sam2_config(family: str = "sam2", image_size: int = TINY_IMAGE):
         fpn_hidden_size=128)
     common = dict(
         vision_config=vision,
-        prompt_encoder_config=dict(hidden_size=128, image_size=side, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        # Config objects, not dicts: transformers up to 5.17 builds the mask decoder's from a dict
+        # with the prompt encoder's class.
+        prompt_encoder_config=PromptEncoderConfig(hidden_size=128, image_size=side, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=MaskDecoderConfig(hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
         image_size=side, memory_attention_hidden_size=128, memory_attention_num_layers=1,
         memory_attention_rope_feat_sizes=[side // 16, side // 16], memory_encoder_hidden_size=128,
         memory_encoder_output_channels=64, mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128,
         memory_fuser_intermediate_dim=64, num_maskmem=3, max_object_pointers_in_encoder=4)
     if family == "edgetam":
-        from transformers import EdgeTamVideoConfig
-        return EdgeTamVideoConfig(
+        return VideoConfig(
             **common, memory_attention_mlp_hidden_size=128, memory_attention_rope_k_sizes=[4, 4],
             perceiver_resampler_num_latents=16, perceiver_resampler_num_latents_2d=16,
             perceiver_resampler_hidden_size=64, perceiver_resampler_mlp_intermediate_size=64,
             perceiver_resampler_attention_head_dim=64)
-    from transformers import Sam2VideoConfig
-    return Sam2VideoConfig(**common, memory_attention_feed_forward_hidden_size=128)
+    return VideoConfig(**common, memory_attention_feed_forward_hidden_size=128)
 
 
 def sam2_processor(image_size: int = 1024):
