@@ -642,8 +642,10 @@ class LearnedTrackClassifier:
         if num_tracks == 0:
             return np.zeros(0, np.float32)
         with torch.inference_mode():
-            features = track_features(xy, visible, confidence, image_size, depth).to(self.device)
+            # Features are built where the model runs: on a GPU their encoding costs a CPU ~10 ms.
             visible_t = torch.as_tensor(visible, dtype=torch.bool, device=self.device)
+            features = track_features(torch.as_tensor(xy, dtype=torch.float32, device=self.device), visible_t,
+                                      confidence, image_size, depth)
             semantics_t = None
             if semantics is not None:
                 semantics_t = torch.as_tensor(semantics, dtype=torch.float32, device=self.device).unsqueeze(0)
