@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
     frames = load_frames(args.frames, args.width, args.height, 120)
     segmenter = MotionSegmenter(config)
+    print("backends: " + ", ".join(f"{stage} {name}" for stage, name in segmenter.backends.items())
+          + f"; device {segmenter.models.device}, precision {segmenter.models.precision}")
+    for problem in segmenter.problems:
+        print(f"fallback: {problem}")
     run_stream(segmenter, frames, args.warmup)
     started = time.perf_counter()
     latencies, stages = run_stream(segmenter, frames, args.count)
