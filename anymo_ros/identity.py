@@ -18,6 +18,7 @@ import numpy as np
 from anymo_ros.config import IdentityConfig
 
 _MIN_MASK_OVERLAP = 0.3
+_MIN_TRACKS_KEPT = 0.5       # of an object's tracks at its last sighting: most of them in one region
 _MERGE_GAP = 0.05            # fraction of the image diagonal between pieces of one object
 _REIDENTIFY_GATE = 0.15      # fraction of the image diagonal around a lost object's prediction
 _WEAK_SUPPORT = 0.5          # fraction of peak support below which a sighting is a remnant
@@ -118,7 +119,11 @@ class IdentityTracker:
                     continue
                 vote = claim.track_votes.get(object_id, 0) / total
                 overlap = claim.mask_overlap.get(object_id, 0.0)
-                if vote >= self.config.min_track_overlap or overlap >= _MIN_MASK_OVERLAP:
+                # A region that grew around most of an object's tracks (a mover just found, whose
+                # other tracks turn dynamic a frame later) is that object, however few of the
+                # region's tracks and pixels it brought.
+                kept = claim.track_votes.get(object_id, 0) / max(self.memory[object_id].tracks, 1)
+                if vote >= self.config.min_track_overlap or overlap >= _MIN_MASK_OVERLAP or kept >= _MIN_TRACKS_KEPT:
                     candidates.append((vote + overlap, region, object_id))
         candidates.sort(key=lambda c: -c[0])
         centroids = [mask_centroid(mask) for mask in masks]

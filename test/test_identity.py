@@ -31,6 +31,18 @@ def test_new_regions_get_new_ids_and_claims_keep_them():
     assert dict(third) == {1: [0], 3: [1]}
 
 
+def test_an_object_keeps_its_id_when_its_region_grows_around_its_tracks():
+    """A mover just found: the next frame its region is four times larger (its other tracks turned
+    dynamic), so its 28 old tracks are few of the region's and its old mask covers little of it."""
+    tracker = IdentityTracker(IdentityConfig())
+    assert tracker.assign([_box(60, 40, 20, 20)], [30], [_no_claim()], [np.zeros(2)], 0, 0.0) == [(1, [0])]
+    grown = tracker.assign([_box(50, 30, 40, 40)], [120], [Claim({1: 28}, {1: 0.25})], [np.zeros(2)], 1, 0.1)
+    assert grown == [(1, [0])]
+    # A region holding only a few of the object's tracks and little of its mask is someone else.
+    other = tracker.assign([_box(150, 80, 40, 40)], [120], [Claim({1: 10}, {1: 0.1})], [np.zeros(2)], 2, 0.2)
+    assert other == [(2, [0])]
+
+
 def test_pieces_of_one_object_merge_but_distant_claimants_do_not():
     tracker = IdentityTracker(IdentityConfig())
     tracker.assign([_box(50, 40, 40, 40)], [20], [_no_claim()], [np.zeros(2)], 0, 0.0)
