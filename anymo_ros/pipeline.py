@@ -237,8 +237,9 @@ class MotionSegmenter:
         paired = carry_over(self._ids, self._visible, ids, False) & visible
         if update.born_previous_xy is not None and len(self.window):
             # Tracks born with a first step: it joins the previous frame like any other step.
-            followed = np.flatnonzero(np.isfinite(update.born_previous_xy[order, 0]) & visible)
-            prev_xy[followed] = update.born_previous_xy[order][followed]
+            born_previous_xy = update.born_previous_xy[order]
+            followed = np.flatnonzero(np.isfinite(born_previous_xy[:, 0]) & visible)
+            prev_xy[followed] = born_previous_xy[followed]
             paired[followed] = True
             self.window.add_to_newest(ids[followed], prev_xy[followed], confidence[followed])
 

@@ -49,12 +49,11 @@ class LucasKanadeTracker(PointTracker):
         count = len(born_ids)
         born_previous_xy = np.full((count, 2), np.nan, np.float32)
         born_confidence = np.ones(count, np.float32)
-        born_error = np.zeros(count, np.float32)
+        born_error = np.zeros(count, np.float32)   # no step, no error
         if count and previous_gray is not None:
-            back_xy, followed, fb_error = self._follow(gray, previous_gray, born_xy)
+            back_xy, followed, confidence, born_error = self._follow(gray, previous_gray, born_xy)
             born_previous_xy[followed] = back_xy[followed]
-            born_confidence[followed] = np.exp(-fb_error[followed] / self.config.fb_threshold)
-            born_error[followed] = fb_error[followed] / 2
+            born_confidence[followed] = confidence[followed]
         return [TrackUpdate(
             frame_index,
             np.concatenate([update.ids, born_ids]),
@@ -67,9 +66,10 @@ class LucasKanadeTracker(PointTracker):
         )]
 
     def _follow(self, source: np.ndarray, target: np.ndarray,
-                xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Points ``xy`` of ``source`` found in ``target``: positions, whether they pass the
-        forward-backward test, and the forward-backward error (px)."""
+        forward-backward test, and the confidence and position error (px) of that step (0 where
+        it fails)."""
         cfg = self.config
         window = (cfg.lk_window, cfg.lk_window)
         found, status_fwd, _ = cv2.calcOpticalFlowPyrLK(
@@ -86,13 +86,13 @@ class LucasKanadeTracker(PointTracker):
             (found[:, 1] >= margin) & (found[:, 1] <= height - 1 - margin)
         passed = (status_fwd.ravel() == 1) & (status_bwd.ravel() == 1) & (fb_error < cfg.fb_threshold) & inside
         passed &= np.isfinite(found).all(axis=1)
-        return found.astype(np.float32), passed, fb_error
+        confidence = np.where(passed, np.exp(-fb_error / cfg.fb_threshold), 0.0).astype(np.float32)
+        position_error = np.where(passed, fb_error / 2, 0.0).astype(np.float32)
+        return found.astype(np.float32), passed, confidence, position_error
 
     def _track(self, gray: np.ndarray, frame_index: int) -> TrackUpdate:
         cfg = self.config
-        p1, visible, fb_error = self._follow(self._prev_gray, gray, self._xy)
-        confidence = np.where(visible, np.exp(-fb_error / cfg.fb_threshold), 0.0).astype(np.float32)
-        position_error = np.where(visible, fb_error / 2, 0.0).astype(np.float32)
+        p1, visible, confidence, position_error = self._follow(self._prev_gray, gray, self._xy)
         update = TrackUpdate(frame_index, self._ids.copy(), p1, visible, confidence,
                              np.zeros(len(self._ids), bool), position_error)
         keep = visible & _not_crowded(p1, self._ids, cfg.grid_spacing, gray.shape)
