@@ -7,7 +7,7 @@ per-frame motion evidence. Evidence is accumulated recursively: the previous mot
 carried along the flow into the current frame and blended with today's evidence, which keeps
 slow or momentarily flow-less parts of an object lit and lets one-frame flow errors fade. The
 blend is normalised by how much history each pixel has (an exponential average with bias
-correction), so the first frames and newly uncovered pixels are not pulled towards zero.
+correction), so the first frames and pixels entering the image are not pulled towards zero.
 """
 from __future__ import annotations
 
@@ -32,7 +32,6 @@ _EVIDENCE_CENTER = 3.0   # residual (noise sigmas) with even odds of motion; Ray
 _EVIDENCE_SLOPE = 1.5
 _FLOW_WEIGHT = 0.5       # flow evidence counts like half a track
 _BACKGROUND_LEVEL = 0.2  # motion-map value below which a pixel seeds the background
-_OCCLUSION_PX = 1.5      # forward-backward flow disagreement marking (dis)occluded pixels
 _ABSORB_KERNEL = np.ones((6, 6), np.uint8)  # the paper's stage-1 dilation, 3 iterations
 _FLOW_NOISE_FLOOR = 0.3  # px: DIS errors are spatially correlated, so the sampled spread understates them
 _LINK_SPACINGS = 1.5     # tracks closer than this many seeding-grid spacings are spatial neighbours
@@ -91,24 +90,22 @@ class FlowResidualDensifier:
             self._history_weight = np.zeros((height, width), np.float32)
             self.backward_flow = None
             return self.motion_map
+        # Pixels just uncovered have no past, and their backward flow is a guess. Marking them
+        # (by forward-backward disagreement, or as pixels no previous pixel moves onto) and
+        # dropping their flow evidence and history also marks fast and blurred objects, whose
+        # flow fails the same tests, and loses more there than it saves behind movers.
         flow = self._dis.calc(small, previous_small, None)
-        forward_flow = self._dis.calc(previous_small, small, None)
-        # Pixels just uncovered have no past: their backward flow is a guess.
-        round_trip = flow + warp_backward(forward_flow, flow, cv2.INTER_LINEAR)
-        uncovered = flow_magnitude(round_trip) > _OCCLUSION_PX
         magnitude = flow_magnitude(camera_backward.residual_field(flow))
         known = np.isfinite(track_probability)
         static_xy = track_xy[known & (track_probability < 0.3)] * scale
         sigma = _residual_noise(magnitude, static_xy)
         flow_evidence = 1.0 / (1.0 + np.exp(-_EVIDENCE_SLOPE * (magnitude / sigma - _EVIDENCE_CENTER)))
         # Tracks are sharper evidence than flow, which smears across boundaries; flow fills in
-        # where tracks are missing (textureless surfaces), except where it is a guess.
+        # where tracks are missing (textureless surfaces).
         track_vote, support = _splat(track_xy[known] * scale, track_probability[known], (height, width),
                                      sigma=0.75 * track_spacing * scale)
-        flow_weight = np.where(uncovered, 0.0, _FLOW_WEIGHT).astype(np.float32)
-        evidence = (support * track_vote + flow_weight * flow_evidence) / (support + flow_weight + 1e-6)
-        decay = np.where(uncovered, 0.0, self.config.evidence_decay).astype(np.float32)
-        carried_weight = decay * warp_backward(self._history_weight, flow, cv2.INTER_LINEAR)
+        evidence = (support * track_vote + _FLOW_WEIGHT * flow_evidence) / (support + _FLOW_WEIGHT)
+        carried_weight = self.config.evidence_decay * warp_backward(self._history_weight, flow, cv2.INTER_LINEAR)
         carried_sum = carried_weight * warp_backward(self.motion_map, flow, cv2.INTER_LINEAR)
         fresh_weight = 1.0 - self.config.evidence_decay
         self._history_weight = (carried_weight + fresh_weight).astype(np.float32)
