@@ -244,13 +244,17 @@ class MotionSegmenter:
             self.window.add_to_newest(ids[followed], prev_xy[followed], confidence[followed])
 
         tic = time.perf_counter()
-        # New tracks start undecided, leaning on the motion map, and need their own evidence.
+        # New tracks start undecided, leaning on the motion map as far as it has seen their pixel
+        # (not at all on the first frames of a stream), and need their own evidence.
         prior = np.full(len(ids), 0.25, np.float32)
+        prior_weight = np.zeros(len(ids), np.float32)
         new_static_weight = None
         motion_map = self.densifier.motion_map
         if motion_map is not None:
-            moving = _sample(motion_map, xy * (motion_map.shape[1] / gray.shape[1]))
+            map_xy = xy * (motion_map.shape[1] / gray.shape[1])
+            moving = _sample(motion_map, map_xy)
             prior, new_static_weight = 0.5 * moving, 1.0 - moving
+            prior_weight = _sample(self.densifier.history_weight, map_xy)
         track_depth = None
         if depth is not None:
             track_depth = _sample(depth.astype(np.float32, copy=False), xy / scale, invalid=np.nan)
@@ -265,7 +269,7 @@ class MotionSegmenter:
         frame = self.classifier.step(ids, prev_xy, xy, paired, (gray.shape[1], gray.shape[0]), prior,
                                      fit_backward=True, window=window, semantics=semantics, visible=visible,
                                      position_error=position_error,
-                                     new_static_weight=new_static_weight)
+                                     new_static_weight=new_static_weight, prior_weight=prior_weight)
         probability = frame.probability
         stage_times["classify"] = stage_times.get("classify", 0.0) + time.perf_counter() - tic
 

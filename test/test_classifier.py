@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from anymo_ros.classify.online import OnlineTrackClassifier, combine_probabilities
+from anymo_ros.classify.smoothing import ProbabilitySmoother
 from anymo_ros.classify.trajectory_transformer import shipped_weights_path
 from anymo_ros.config import ClassifierConfig
 from anymo_ros.tools.synthetic import TrajectorySample, sample_trajectories
@@ -175,6 +176,29 @@ def test_combine_probabilities_weights_and_fills_in_missing_scores():
     assert np.isnan(mixed[3])
     assert combine_probabilities(geometric, None, 0.5) is geometric
     assert combine_probabilities(None, learned, 0.5) is learned
+
+
+def test_smoothing_weighs_a_new_tracks_prior_as_told_and_hysteresis_holds_the_state():
+    smoother = ProbabilitySmoother(ClassifierConfig(smoothing=0.5, hysteresis_on=0.6, hysteresis_off=0.4))
+    ids, prior = np.arange(3), np.full(3, 0.25, np.float32)
+    # Frame 0: no evidence; tracks hold their prior. Track 0's prior counts fully, track 1's
+    # not at all (nothing seen there yet), track 2's half.
+    probability, dynamic = smoother.update(ids, np.full(3, np.nan), prior, np.array([1.0, 0.0, 0.5]))
+    np.testing.assert_allclose(probability, 0.25)
+    probability, dynamic = smoother.update(ids, np.full(3, 0.9), prior)
+    second = (0.25 * 0.25 + 0.5 * 0.9) / 0.75
+    np.testing.assert_allclose(probability, [0.575, 0.9, second], rtol=1e-6)
+    assert dynamic.tolist() == [False, True, True]
+    # The average stays bias-corrected (weights 1, 0.5, 0.75 going in) ...
+    probability, dynamic = smoother.update(ids, np.full(3, 0.45), prior)
+    np.testing.assert_allclose(probability, [0.5125, (0.25 * 0.9 + 0.5 * 0.45) / 0.75,
+                                             (0.375 * second + 0.5 * 0.45) / 0.875], rtol=1e-5)
+    # ... and a dynamic track stays dynamic until it drops below hysteresis_off.
+    assert dynamic.tolist() == [False, True, True]
+    # A prior of full weight (the default) gives plain exponential smoothing.
+    plain = ProbabilitySmoother(ClassifierConfig(smoothing=0.5))
+    plain.update(ids[:1], np.array([0.8]), prior[:1])
+    np.testing.assert_allclose(plain.update(ids[:1], np.array([0.2]), prior[:1])[0], [0.5 * (0.125 + 0.4) + 0.1])
 
 
 def test_classifier_rejects_unknown_backend_and_bad_weight():

@@ -140,12 +140,14 @@ class OnlineTrackClassifier:
              image_size: tuple[int, int], prior: np.ndarray, fit_backward: bool = False,
              window: WindowTracks | None = None, semantics: np.ndarray | None = None,
              visible: np.ndarray | None = None, position_error: np.ndarray | None = None,
-             new_static_weight: np.ndarray | None = None) -> FrameClassification:
+             new_static_weight: np.ndarray | None = None,
+             prior_weight: np.ndarray | None = None) -> FrameClassification:
         """Classify sorted track ``ids`` at the current frame.
 
         ``prev_xy``/``xy`` are positions in the previous and current frame, ``paired`` marks
         tracks visible in both, ``visible`` those visible now (default: ``paired``); ``prior`` is
-        the probability given to tracks seen the first time. ``position_error`` (px, per axis) is
+        the probability given to tracks seen the first time, worth ``prior_weight`` observations
+        (default 1; see ``ProbabilitySmoother``). ``position_error`` (px, per axis) is
         the tracker's own error estimate of each track's step; the geometric scorer adds it to the
         camera fit's noise, so that a poorly tracked point (blur, water, low texture) needs a
         larger residual to count as moving. ``new_static_weight`` is the camera fit's belief that
@@ -182,7 +184,7 @@ class OnlineTrackClassifier:
             learned = self.learned.update(ids, window, image_size, semantics)
             evidence = np.maximum(evidence, self.learned.evidence_count(ids))
         raw = combine_probabilities(geometric, learned, self.config.learned_weight)
-        probability, dynamic = self.smoother.update(ids, raw, prior)
+        probability, dynamic = self.smoother.update(ids, raw, prior, prior_weight)
         return FrameClassification(probability, dynamic, evidence > 0, paired, forward, backward)
 
     def classify_tracks(self, xy: np.ndarray, visible: np.ndarray, image_size: tuple[int, int],

@@ -64,7 +64,7 @@ class FlowResidualDensifier:
 
     def reset(self) -> None:
         self.motion_map: np.ndarray | None = None   # accumulated P(moving), flow resolution
-        self._history_weight: np.ndarray | None = None   # per pixel: total weight of the evidence averaged
+        self.history_weight: np.ndarray | None = None   # per pixel: total weight of the evidence averaged
         self.backward_flow: np.ndarray | None = None
         self._prev_small: np.ndarray | None = None
 
@@ -87,7 +87,7 @@ class FlowResidualDensifier:
         previous_small, self._prev_small = self._prev_small, small
         if previous_small is None or previous_small.shape != small.shape or camera_backward is None:
             self.motion_map = np.zeros((height, width), np.float32)
-            self._history_weight = np.zeros((height, width), np.float32)
+            self.history_weight = np.zeros((height, width), np.float32)
             self.backward_flow = None
             return self.motion_map
         # Pixels just uncovered have no past, and their backward flow is a guess. Marking them
@@ -105,11 +105,11 @@ class FlowResidualDensifier:
         track_vote, support = _splat(track_xy[known] * scale, track_probability[known], (height, width),
                                      sigma=0.75 * track_spacing * scale)
         evidence = (support * track_vote + _FLOW_WEIGHT * flow_evidence) / (support + _FLOW_WEIGHT)
-        carried_weight = self.config.evidence_decay * warp_backward(self._history_weight, flow, cv2.INTER_LINEAR)
+        carried_weight = self.config.evidence_decay * warp_backward(self.history_weight, flow, cv2.INTER_LINEAR)
         carried_sum = carried_weight * warp_backward(self.motion_map, flow, cv2.INTER_LINEAR)
         fresh_weight = 1.0 - self.config.evidence_decay
-        self._history_weight = (carried_weight + fresh_weight).astype(np.float32)
-        self.motion_map = ((carried_sum + fresh_weight * evidence) / self._history_weight).astype(np.float32)
+        self.history_weight = (carried_weight + fresh_weight).astype(np.float32)
+        self.motion_map = ((carried_sum + fresh_weight * evidence) / self.history_weight).astype(np.float32)
         self.backward_flow = flow
         return self.motion_map
 
