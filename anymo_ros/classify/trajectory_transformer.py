@@ -504,9 +504,12 @@ class TrajectoryTransformer(nn.Module):
     def _pool_motion(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(B, N, T, input_dim) -> (B, N, motion_dim): space-time transformer, max over valid steps."""
         masks = _SpaceTimeMasks.from_valid(valid)
+        # The first layer as a sum over the two inputs, so the wide input is never concatenated.
+        first, input_dim = self.input_projection[0], self.config.input_dim
+        hidden = F.linear(features, first.weight[:, :input_dim], first.bias)
         if self.ego_motion is not None:
-            features = torch.cat((features, self.ego_motion(features, valid)), dim=-1)
-        projected = self.input_projection(features)
+            hidden = hidden + F.linear(self.ego_motion(features, valid), first.weight[:, input_dim:])
+        projected = self.input_projection[1:](hidden)
         memory = projected
         for layer in self.motion_encoder:
             memory = layer(memory, masks)
