@@ -311,12 +311,13 @@ class MotionSegmenter:
             # The camera's motion over the last frame stands in for its mean over the lag.
             camera_velocity = dynamic_xy - camera_backward.predict(dynamic_xy)
             own_velocity = self._recent_velocity(ids[dynamic_rows]) - camera_velocity
-        regions = densifier.regions(rgb, xy[dynamic_rows], xy[static], own_velocity, self.config.tracker.grid_spacing)
         previous_objects = carry_over(self._ids, self._identity_of_track, ids, 0)
         warped_labels = None
         if self._labels_small is not None and densifier.backward_flow is not None \
                 and self._labels_small.shape == densifier.backward_flow.shape[:2]:
             warped_labels = warp_backward(self._labels_small, densifier.backward_flow, cv2.INTER_NEAREST)
+        regions = densifier.regions(rgb, xy[dynamic_rows], xy[static], own_velocity, self.config.tracker.grid_spacing,
+                                    None if warped_labels is None else warped_labels > 0)
         claims = []
         for region in regions:
             votes = Counter(int(o) for o in previous_objects[dynamic_rows[region.track_rows]] if o > 0)

@@ -1,8 +1,10 @@
-"""Building blocks of the weight-free densifier: hole filling, flow magnitude, colour refinement."""
+"""Building blocks of the weight-free densifier: regions, hole filling, flow magnitude, colour refinement."""
 import cv2
 import numpy as np
 
+from anymo_ros.config import DensifyConfig
 from anymo_ros.densify.flow import (
+    FlowResidualDensifier,
     fill_holes,
     flow_magnitude,
     quantise_colours,
@@ -58,6 +60,33 @@ def test_a_turning_body_is_one_group_even_with_a_gap_in_its_tracks():
     limb = _grid(100 + 9 * SPACING + 25, 40, 4, 4)
     xy = np.r_[body, limb]
     assert _split(xy, np.r_[turning(body), turning(limb) + np.array([1.5, 0.0])]) == [list(range(len(xy)))]
+
+
+def test_a_moving_blob_without_dynamic_tracks_continues_an_object_but_founds_none():
+    # A blob of strong motion evidence holding two dynamic tracks (an object needs six): a fast,
+    # blurred mover whose tracks were all lost and re-seeded. It is an object only where an
+    # object of the previous frame lies now.
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    densifier = FlowResidualDensifier(DensifyConfig())
+    densifier.motion_map = np.zeros((120, 160), np.float32)    # flow scale 0.5
+    densifier.motion_map[40:80, 60:100] = 0.9
+    blob_tracks = np.array([[150.0, 110.0], [170.0, 130.0]], np.float32)
+    static_tracks = _grid(12, 12, 20, 3)
+    here = np.zeros((120, 160), bool)
+    here[45:85, 55:95] = True                                   # last frame's object, warped to now
+    elsewhere = np.zeros((120, 160), bool)
+    elsewhere[0:40, 0:40] = True
+
+    assert densifier.regions(rgb, blob_tracks, static_tracks) == []
+    assert densifier.regions(rgb, blob_tracks, static_tracks, continuing=elsewhere) == []
+    for dynamic in (blob_tracks, np.zeros((0, 2), np.float32)):
+        regions = densifier.regions(rgb, dynamic, static_tracks, continuing=here)
+        assert len(regions) == 1
+        blob = densifier.motion_map > 0.5
+        iou = (regions[0].mask & blob).sum() / (regions[0].mask | blob).sum()
+        assert iou > 0.8
+        assert len(regions[0].track_rows) == len(dynamic)
 
 
 def test_fill_holes_fills_enclosed_background_only():

@@ -40,6 +40,7 @@ _BAND_REACH = 0.5       # fraction of the way from an object's edge to its deepe
                          # inside to learn its colours from
 _MIN_COLOUR_SAMPLES = 200  # pixels each colour histogram needs; a small early blob of a larger object
                            # shares its colours with its ring, and colour would trim it to nothing
+_CONTINUE_OVERLAP = 0.5  # fraction of a map part under last frame's objects for it to continue one
 _SPLIT_SUPPORT = 2       # times an object's minimum of tracks that a part needs to split off: a
                          # sliver of dragged or parallax tracks beside an object is no second mover
 
@@ -114,7 +115,8 @@ class FlowResidualDensifier:
         return self.motion_map
 
     def regions(self, rgb: np.ndarray, dynamic_xy: np.ndarray, static_xy: np.ndarray,
-                dynamic_velocity: np.ndarray | None = None, track_spacing: float = 0.0) -> list[Region]:
+                dynamic_velocity: np.ndarray | None = None, track_spacing: float = 0.0,
+                continuing: np.ndarray | None = None) -> list[Region]:
         """Object regions: parts of the thresholded motion map holding enough dynamic tracks,
         with boundaries snapped to image edges by a marker watershed.
 
@@ -122,9 +124,12 @@ class FlowResidualDensifier:
         (processing px) of tracks confidently dynamic / static. With ``dynamic_velocity`` (px per
         frame, the camera's motion taken out; NaN where unknown) and ``track_spacing``, a part of
         the map holding separate groups of tracks that move differently (``split_by_motion``) is
-        split into one region per group.
+        split into one region per group. ``continuing`` (flow resolution, bool) marks where
+        objects of the previous frame lie now: a part of the map lying mostly there continues
+        an object and needs no dynamic tracks, since a fast, blurred or deforming mover can
+        lose all its tracks for a frame or two while the map still sees it move.
         """
-        if self.motion_map is None or len(dynamic_xy) == 0:
+        if self.motion_map is None or (len(dynamic_xy) == 0 and continuing is None):
             return []
         height, width = self.motion_map.shape
         scale = width / rgb.shape[1]
@@ -142,10 +147,10 @@ class FlowResidualDensifier:
         candidates = []   # (seed mask, rows of its tracks)
         for component in range(1, count):
             rows = np.flatnonzero(track_component == component)
-            if len(rows) < self.config.min_object_tracks:
-                continue
             seed = components == component
             if seed.sum() < min_area:
+                continue
+            if len(rows) < self.config.min_object_tracks and not _continues(seed, continuing):
                 continue
             groups = [rows]
             if dynamic_velocity is not None and track_spacing > 0:
@@ -164,8 +169,12 @@ class FlowResidualDensifier:
         kept = []
         for seed, rows in candidates:
             own = rows[absorbed[dyn_row[rows], dyn_col[rows]] == 0]
-            if len(own) < self.config.min_object_tracks or seed.sum() < min_area:
+            if seed.sum() < min_area:
                 continue
+            if len(own) < self.config.min_object_tracks:
+                free = seed & (absorbed == 0)
+                if free.sum() < min_area or not _continues(free, continuing):
+                    continue
             kept.append((seed, rows))
             absorbed |= cv2.dilate(seed.astype(np.uint8), _ABSORB_KERNEL, iterations=3)
         if not kept:
@@ -199,6 +208,10 @@ class FlowResidualDensifier:
         for label, (_, rows) in enumerate(kept, start=2):
             markers[dyn_row[rows], dyn_col[rows]] = label
         return markers
+
+
+def _continues(seed: np.ndarray, continuing: np.ndarray | None) -> bool:
+    return continuing is not None and seed.any() and continuing[seed].mean() >= _CONTINUE_OVERLAP
 
 
 def split_by_motion(xy: np.ndarray, velocity: np.ndarray, link_distance: float, min_tracks: int) -> list[np.ndarray]:
