@@ -420,10 +420,18 @@ class MotionSegmenter:
             velocity = np.zeros(2)
             if len(moved) and dt > 0:
                 velocity = (self._xy[moved] - self._prev_xy[moved]).mean(axis=0) / scale / dt
-            probability = self.classifier.probability_of(self._ids[rows])
+            elif dt > 0:
+                velocity = self._dense_velocity(labels_small == object_id, width) / dt
+            motion_map = self.densifier.motion_map
+            score = 0.0
+            if len(rows):
+                score = float(self.classifier.probability_of(self._ids[rows]).mean())
+            elif motion_map is not None and motion_map.shape == labels_small.shape:
+                # An object carried on by the motion map alone (see FlowResidualDensifier.regions).
+                score = float(motion_map[labels_small == object_id].mean())
             objects.append(MovingObject(
                 object_id=object_id,
-                score=float(probability.mean()) if len(rows) else 0.0,
+                score=score,
                 bbox=(left, top, box_width, box_height),
                 centroid=(float(centroid[0]), float(centroid[1])),
                 velocity=(float(velocity[0]), float(velocity[1])),
@@ -432,6 +440,14 @@ class MotionSegmenter:
                 first_seen=self._first_seen[object_id],
             ))
         return labels, objects
+
+    def _dense_velocity(self, mask_small: np.ndarray, input_width: int) -> np.ndarray:
+        """Mean image motion (input px per frame) over a mask at flow resolution, from the dense flow."""
+        flow = self.densifier.backward_flow
+        if flow is None or flow.shape[:2] != mask_small.shape or not mask_small.any():
+            return np.zeros(2)
+        # The flow points back to where each pixel was: the motion is its negative.
+        return -flow[mask_small].mean(axis=0).astype(np.float64) * (input_width / mask_small.shape[1])
 
     def _snapshot(self, scale: float) -> TrackSnapshot:
         if len(self._ids) == 0:

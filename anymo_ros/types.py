@@ -34,10 +34,12 @@ class MovingObject:
     """One moving object in the current frame."""
 
     object_id: int
-    score: float                                  # mean dynamic probability of its tracks
+    score: float                                  # mean dynamic probability of its tracks (without
+                                                  # tracks: mean motion evidence over its mask)
     bbox: tuple[int, int, int, int]               # x, y, width, height in pixels
     centroid: tuple[float, float]                 # mask centroid (x, y) in pixels
-    velocity: tuple[float, float]                 # image-plane velocity of its tracks, px/s
+    velocity: tuple[float, float]                 # image-plane velocity of its tracks, px/s (without
+                                                  # moving tracks: mean dense flow over its mask)
     num_tracks: int                               # supporting dynamic tracks
     age: int                                      # frames since first seen
     first_seen: float                             # stamp (s) of the first frame it was seen
