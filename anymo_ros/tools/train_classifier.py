@@ -97,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"weights file (default {DEFAULT_OUT})")
     parser.add_argument("--steps", type=int, default=TrainingConfig.steps, help="optimiser steps")
     parser.add_argument("--seed", type=int, default=TrainingConfig.seed)
+    parser.add_argument("--threads", type=int, default=TrainingConfig.threads,
+                        help="torch threads; the sums, and so the weights, depend on it")
     args = parser.parse_args(argv)
 
-    config = dataclasses.replace(TrainingConfig(), steps=args.steps, seed=args.seed)
+    config = dataclasses.replace(TrainingConfig(), steps=args.steps, seed=args.seed, threads=args.threads)
     started = time.perf_counter()
     print("building validation sets", flush=True)
     validation = validation_sets(config)
