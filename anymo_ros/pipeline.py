@@ -409,10 +409,12 @@ class MotionSegmenter:
                 mask = refine_around(mask, image, motion, band)
             labels[mask] = object_id
         dt = self._frame_interval
+        motion_map = self.densifier.motion_map
         objects = []
         for object_id in np.unique(labels[labels > 0]):
             object_id = int(object_id)
             mask = labels == object_id
+            mask_small = labels_small == object_id   # what an object without tracks is measured on
             left, top, box_width, box_height = cv2.boundingRect(mask.view(np.uint8))
             centroid = mask_centroid(mask)
             rows = self._members.get(object_id, np.zeros(0, np.int64))
@@ -421,14 +423,13 @@ class MotionSegmenter:
             if len(moved) and dt > 0:
                 velocity = (self._xy[moved] - self._prev_xy[moved]).mean(axis=0) / scale / dt
             elif dt > 0:
-                velocity = self._dense_velocity(labels_small == object_id, width) / dt
-            motion_map = self.densifier.motion_map
+                velocity = self._dense_velocity(mask_small, width) / dt
             score = 0.0
             if len(rows):
                 score = float(self.classifier.probability_of(self._ids[rows]).mean())
-            elif motion_map is not None and motion_map.shape == labels_small.shape:
+            elif motion_map is not None and motion_map.shape == mask_small.shape:
                 # An object carried on by the motion map alone (see FlowResidualDensifier.regions).
-                score = float(motion_map[labels_small == object_id].mean())
+                score = float(motion_map[mask_small].mean())
             objects.append(MovingObject(
                 object_id=object_id,
                 score=score,
