@@ -80,15 +80,24 @@ class Inbox:
 
 class RosHarness:
     """A test's view of the ROS graph: its own namespace, a helper node for publishers and
-    subscribers, and segment nodes started in this process (same executor, still real DDS)."""
+    subscribers, and segment nodes started in this process (same executor, still real DDS).
 
-    def __init__(self, executor) -> None:
-        self.executor = executor
+    The executor spins in a background thread and belongs to the test. ``close`` stops it before
+    it destroys any node: rclpy's executors are not safe against a node destroyed while they spin
+    in another thread (the spinning thread can die of an InvalidHandle, and every later test that
+    waits on a callback would time out).
+    """
+
+    def __init__(self) -> None:
+        self.executor = MultiThreadedExecutor(num_threads=4)
+        self._spin_error: BaseException | None = None
+        self._spinner = threading.Thread(target=self._spin, name="test_executor", daemon=True)
+        self._spinner.start()
         self.namespace = f"/test_{uuid.uuid4().hex[:8]}"
         self.image_topic = f"{self.namespace}/camera/image_raw"
         self.node = Node("harness", namespace=self.namespace)
         self._segment_nodes: list = []
-        executor.add_node(self.node)
+        self.executor.add_node(self.node)
 
     def start_segment_node(self, **parameters):
         """An in-process segment_node in this test's namespace; quick diagnostics by default."""
@@ -127,32 +136,37 @@ class RosHarness:
                    what=f"publisher and subscriber on {publisher.topic_name} to match")
         return publisher
 
+    def _spin(self) -> None:
+        # A callback's exception ends the executor's spin: kept to fail the test with it.
+        try:
+            self.executor.spin()
+        except BaseException as error:  # noqa: BLE001 - re-raised by close()
+            self._spin_error = error
+
     def close(self) -> None:
+        self.executor.shutdown()   # waits for the callbacks in flight
+        self._spinner.join(timeout=ROS_TIMEOUT)
+        assert not self._spinner.is_alive(), "the test executor did not stop"
         for node in self._segment_nodes:
-            self.executor.remove_node(node)
             node.destroy_node()
-        self.executor.remove_node(self.node)
         self.node.destroy_node()
+        if self._spin_error is not None:
+            raise AssertionError("a callback raised and stopped the test executor") from self._spin_error
 
 
 @pytest.fixture(scope="session")
-def ros_executor():
-    """rclpy initialised once per session, with an executor spinning in a background thread."""
+def ros_context():
+    """rclpy initialised once per session."""
     if ROS_UNAVAILABLE:
         pytest.skip(ROS_UNAVAILABLE)
     rclpy.init()
-    executor = MultiThreadedExecutor(num_threads=4)
-    spinner = threading.Thread(target=executor.spin, name="test_executor", daemon=True)
-    spinner.start()
-    yield executor
-    executor.shutdown()
+    yield
     rclpy.shutdown()
-    spinner.join(timeout=5)
 
 
 @pytest.fixture
-def ros(ros_executor):
-    harness = RosHarness(ros_executor)
+def ros(ros_context):
+    harness = RosHarness()
     yield harness
     harness.close()
 
