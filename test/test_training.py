@@ -143,6 +143,27 @@ def test_short_training_run_lowers_the_loss():
     assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
 
 
+def test_worker_processes_change_when_data_are_made_not_the_weights():
+    model_config = tiny_config(decoupled_decoder_blocks=0, motion_decoder_layers=0)
+    config = TrainingConfig(steps=6, batch_clips=2, tracks_per_clip=(16, 32), window=(5, 6), rendered_share=0.5,
+                            rendered_clips=2, rendered_frames=12, warmup_steps=2)
+    here = train(model_config, config, log=lambda line: None)
+    ahead = train(model_config, config, log=lambda line: None, workers=2)
+    assert here.data_sha256 == ahead.data_sha256
+    assert here.losses == ahead.losses
+    for (name, weight), (_, again) in zip(here.model.state_dict().items(), ahead.model.state_dict().items()):
+        assert torch.equal(weight, again), name
+
+
+def test_training_command_refuses_a_negative_worker_count(tmp_path, capsys):
+    from anymo_ros.tools.train_classifier import main as train_classifier_main
+    with pytest.raises(SystemExit) as exit_info:
+        train_classifier_main(["--workers", "-1", "--out", str(tmp_path / "weights.pt")])
+    assert exit_info.value.code == 2
+    assert "--workers must be 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "weights.pt").exists()
+
+
 # --- the fast variant: attention across tracks through anchors --------------------------------
 
 

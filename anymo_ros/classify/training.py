@@ -22,9 +22,10 @@ Semantics are left out: the shipped model is motion-only (``semantic_dim`` 0). Z
 training would leave the semantic weights untrained, so a model that took 768-d DINOv2 vectors
 would only be fed noise through them at run time.
 
-Everything is deterministic for a given :class:`TrainingConfig`: data come from seeded generators
-in this process, the model from ``torch.manual_seed``, and :func:`train` fixes torch's thread
-count (floating-point sums depend on how work is split across threads).
+Everything is deterministic for a given :class:`TrainingConfig`: each batch and each rendered clip
+comes from seeded generators as a function of its index alone (worker processes, if any, only
+make them ahead of time), the model from ``torch.manual_seed``, and :func:`train` fixes torch's
+thread count (floating-point sums depend on how work is split across threads).
 """
 from __future__ import annotations
 
@@ -213,25 +214,63 @@ def track_rendered_clip(
     return TrackedClip(xy, visible, confidence, on_object, (width, height))
 
 
-def render_pool(first_seed: int, count: int, num_frames: int) -> list[TrackedClip]:
+def render_pool(first_seed: int, count: int, num_frames: int, workers: int = 0) -> list[TrackedClip]:
     """``count`` tracked renders with seeds from ``first_seed``, cycling through camera motions.
 
-    Object count (0-3), image size and occluder follow from the seed, so the pool is fixed.
+    Object count (0-3), image size and occluder follow from the seed, so the pool is fixed, and
+    the same with any number of ``workers`` (processes; 0 renders here).
     """
-    pool = []
-    for index in range(count):
-        seed = first_seed + index
+    return list(_in_order(_PoolClips(first_seed, count, num_frames), workers))
+
+
+def training_pool(config: TrainingConfig, workers: int = 0) -> list[TrackedClip]:
+    """The tracked renders that training cuts windows from (none without ``rendered_share``)."""
+    if config.rendered_share <= 0:
+        return []
+    return render_pool(config.seed * 100_000, config.rendered_clips, config.rendered_frames, workers)
+
+
+class _PoolClips(torch.utils.data.Dataset):
+    """Clip ``index`` of a render pool: a function of the index alone."""
+
+    def __init__(self, first_seed: int, count: int, num_frames: int):
+        self.first_seed, self.count, self.num_frames = first_seed, count, num_frames
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> TrackedClip:
+        seed = self.first_seed + index
         rng = np.random.default_rng([seed, 1])
         num_objects = int(rng.choice([0, 1, 1, 2, 2, 3]))
-        pool.append(track_rendered_clip(
+        return track_rendered_clip(
             seed,
-            num_frames,
+            self.num_frames,
             RENDER_IMAGE_SIZES[int(rng.integers(len(RENDER_IMAGE_SIZES)))],
             num_objects,
             CLIP_CAMERA_MOTIONS[index % len(CLIP_CAMERA_MOTIONS)],
             occluder=num_objects > 0 and rng.random() < 0.3,
-        ))
-    return pool
+        )
+
+
+def _in_order(items: torch.utils.data.Dataset, workers: int) -> torch.utils.data.DataLoader:
+    """The items in index order, made by ``workers`` processes ahead of use (0: made here on demand).
+
+    Every item is a function of its index, so the workers change when an item is made, never what
+    it is. Workers are spawned, not forked: a fork copies OpenCV's and OpenMP's thread pools
+    without their threads, and a child that then uses them hangs. They run one torch and one OpenCV
+    thread each. The loader draws its seeds from its own generator, so the caller's torch random
+    stream is left as it was.
+    """
+    return torch.utils.data.DataLoader(items, batch_size=None, shuffle=False, num_workers=workers,
+                                       worker_init_fn=_single_threaded_worker, generator=torch.Generator(),
+                                       multiprocessing_context="spawn" if workers else None,
+                                       prefetch_factor=4 if workers else None)
+
+
+def _single_threaded_worker(worker_id: int) -> None:
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
 
 
 def cut_window(clip: TrackedClip, start: int, length: int, stride: int) -> TrackWindow:
@@ -403,12 +442,21 @@ def collate(windows: list[TrackWindow]) -> Batch:
     return Batch(features, visible, track_mask, labels)
 
 
-class TrainingData:
-    """The training batches: a seeded stream, the same for the same config and step."""
+class TrainingData(torch.utils.data.Dataset):
+    """The training batches: a seeded stream, the same for the same config and step.
+
+    As a dataset, item ``step`` is ``batch(step)``, one per optimiser step.
+    """
 
     def __init__(self, config: TrainingConfig, pool: list[TrackedClip]):
         self.config = config
         self.pool = pool
+
+    def __len__(self) -> int:
+        return self.config.steps
+
+    def __getitem__(self, step: int) -> Batch:
+        return self.batch(step)
 
     def batch(self, step: int) -> Batch:
         cfg = self.config
@@ -452,7 +500,7 @@ class ValidationSet:
     windows: list[TrackWindow] = field(default_factory=list)
 
 
-def validation_sets(config: TrainingConfig) -> list[ValidationSet]:
+def validation_sets(config: TrainingConfig, workers: int = 0) -> list[ValidationSet]:
     """Fixed windows from seeds training never uses, with the training augmentations.
 
     ``scenes``: 3-D scenes without depth (the pipeline's usual case); ``scenes_depth``: the same
@@ -474,7 +522,8 @@ def validation_sets(config: TrainingConfig) -> list[ValidationSet]:
                 break
         sets.append(ValidationSet(name, windows))
     windows = []
-    for index, clip in enumerate(render_pool(VALIDATION_SEED_BASE, config.validation_renders, config.rendered_frames)):
+    for index, clip in enumerate(render_pool(VALIDATION_SEED_BASE, config.validation_renders, config.rendered_frames,
+                                                  workers)):
         rng = np.random.default_rng([VALIDATION_SEED_BASE + index, 3])
         start = int(rng.integers(0, clip.visible.shape[1] - length + 1))
         window = augment(cut_window(clip, start, length, 1), rng, config.augmentation, tracked=True)
@@ -551,6 +600,15 @@ def learning_rate(config: TrainingConfig, step: int) -> float:
     return config.learning_rate * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+# The data stream's fingerprint covers this many first batches: 3-D scenes and tracked renders.
+FINGERPRINT_BATCHES = 8
+
+
+def fingerprint_batch(digest: "hashlib._Hash", batch: Batch) -> None:
+    digest.update(batch.features.numpy().tobytes())
+    digest.update(batch.labels.numpy().tobytes())
+
+
 @dataclass
 class TrainingResult:
     model: TrajectoryTransformer
@@ -578,28 +636,26 @@ def train(
     validation: list[ValidationSet] | None = None,
     log: Callable[[str], None] = print,
     log_every: int = 100,
+    workers: int = 0,
 ) -> TrainingResult:
     """Train a fresh model with Adam on the paper's weighted BCE; validate at the end.
 
     Runs on ``config.threads`` threads with deterministic algorithms, so the same config on the
-    same software and CPU gives the same weights.
+    same software and CPU gives the same weights. ``workers`` processes render the pool and make
+    the batches ahead of the model (0: all in this process); they do not change the weights.
     """
     with _reproducible_torch(config.threads):
         started = time.perf_counter()
         torch.manual_seed(config.seed)
         model = TrajectoryTransformer(model_config)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-        pool = render_pool(config.seed * 100_000, config.rendered_clips, config.rendered_frames) \
-            if config.rendered_share > 0 else []
+        pool = training_pool(config, workers)
         log(f"tracked {len(pool)} rendered clips in {time.perf_counter() - started:.0f} s")
-        data = TrainingData(config, pool)
         fingerprint = hashlib.sha256()
         losses = []
-        for step in range(config.steps):
-            batch = data.batch(step)
-            if step < 8:
-                fingerprint.update(batch.features.numpy().tobytes())
-                fingerprint.update(batch.labels.numpy().tobytes())
+        for step, batch in enumerate(_in_order(TrainingData(config, pool), workers)):
+            if step < FINGERPRINT_BATCHES:
+                fingerprint_batch(fingerprint, batch)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step)
             model.train()

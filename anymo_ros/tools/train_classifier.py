@@ -8,6 +8,8 @@ SHA-256 of the weights file. With the defaults it reproduces the shipped file bi
 same torch/numpy/OpenCV versions and CPU instruction set (recorded in the metadata); elsewhere
 floating-point differences make the weights differ slightly, which the recorded validation scores
 let one judge. ``--steps`` and ``--seed`` give other runs (quick checks, seed studies).
+``--workers`` processes render the clip pool and make the batches ahead of the model; they
+change the run's time, never its weights.
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ def state_dict_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def metadata(config: TrainingConfig, result: TrainingResult, weights: Path, command: str, seconds: float) -> dict:
+def metadata(config: TrainingConfig, result: TrainingResult, weights: Path, command: str, seconds: float,
+             workers: int) -> dict:
     """Everything that describes the weights file: what it is, how it was made, how good it is."""
     model = result.model
     return {
@@ -87,6 +90,7 @@ def metadata(config: TrainingConfig, result: TrainingResult, weights: Path, comm
             "opencv": cv2.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_threads": config.threads,
+            "data_workers": workers,   # time only: the weights are the same with any number
         },
         "command": command,
     }
@@ -99,16 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=TrainingConfig.seed)
     parser.add_argument("--threads", type=int, default=TrainingConfig.threads,
                         help="torch threads; the sums, and so the weights, depend on it")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes that render and make batches ahead of the model (0: none); "
+                             "they save time, not change the weights (default 1)")
     args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error("--workers must be 0 or more")
 
     config = dataclasses.replace(TrainingConfig(), steps=args.steps, seed=args.seed, threads=args.threads)
     started = time.perf_counter()
     print("building validation sets", flush=True)
-    validation = validation_sets(config)
-    result = train(FAST_MODEL, config, validation, log=lambda line: print(line, flush=True))
+    validation = validation_sets(config, args.workers)
+    result = train(FAST_MODEL, config, validation, log=lambda line: print(line, flush=True), workers=args.workers)
     save_weights(result.model, args.out)
     command = " ".join(["python -m anymo_ros.tools.train_classifier", *(argv if argv is not None else sys.argv[1:])])
-    info = metadata(config, result, args.out, command, time.perf_counter() - started)
+    info = metadata(config, result, args.out, command, time.perf_counter() - started, args.workers)
     args.out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     for name, scores in result.validation.items():
         print(f"{name:14s} " + "  ".join(f"{key} {value:.4f}" for key, value in scores.items() if key != "tracks"))
