@@ -12,6 +12,7 @@ from anymo_ros.classify.features import FEATURE_DIM, track_features
 from anymo_ros.classify.segany_checkpoint import convert_segany_state_dict, load_segany_checkpoint, parameter_names
 from anymo_ros.classify.training import (
     FAST_MODEL,
+    FINGERPRINT_BATCHES,
     TrackedClip,
     TrainingConfig,
     TrainingData,
@@ -20,9 +21,11 @@ from anymo_ros.classify.training import (
     auroc,
     classification_scores,
     cut_window,
+    fingerprint_batch,
     scene_window,
     track_rendered_clip,
     train,
+    training_pool,
 )
 from anymo_ros.classify.trajectory_transformer import (
     LearnedTrackClassifier,
@@ -293,6 +296,22 @@ def test_shipped_weights_match_their_metadata():
     assert info["size_bytes"] == len(data) < 20 * 2**20
     classifier = LearnedTrackClassifier(SHIPPED)
     assert classifier.model.config == TrajectoryTransformerConfig.from_dict(info["model"]) == FAST_MODEL
+
+
+@needs_shipped
+def test_training_data_are_those_the_shipped_weights_were_trained_on():
+    """The shipped file reproduces only from the data it was trained on. A change to the scene
+    generator, the renderer, the tracker or the augmentations changes those data: then retrain
+    (`anymo-train-classifier`) and ship the new weights with the change."""
+    info = json.loads(SHIPPED.with_suffix(".json").read_text())
+    config = TrainingConfig()
+    assert json.loads(json.dumps(config.to_dict())) == {key: info["training"][key] for key in config.to_dict()}
+    data = TrainingData(config, training_pool(config, workers=2))
+    digest = hashlib.sha256()
+    for step in range(FINGERPRINT_BATCHES):
+        fingerprint_batch(digest, data.batch(step))
+    assert digest.hexdigest() == info["data"]["first_batches_sha256"], \
+        "the training data changed since the shipped weights were trained: retrain them"
 
 
 @needs_shipped
