@@ -144,9 +144,14 @@ class RosHarness:
             self._spin_error = error
 
     def close(self) -> None:
-        self.executor.shutdown()   # waits for the callbacks in flight
+        # shutdown() joins the executor's threads, so it waits for the callbacks in flight; in a
+        # thread of its own, a callback that never ends fails the test instead of hanging the run.
+        stopper = threading.Thread(target=self.executor.shutdown, name="test_executor_shutdown", daemon=True)
+        stopper.start()
+        stopper.join(timeout=ROS_TIMEOUT)
         self._spinner.join(timeout=ROS_TIMEOUT)
-        assert not self._spinner.is_alive(), "the test executor did not stop"
+        assert not stopper.is_alive() and not self._spinner.is_alive(), \
+            f"the test executor did not stop in {ROS_TIMEOUT:.0f} s: a callback is still running"
         for node in self._segment_nodes:
             node.destroy_node()
         self.node.destroy_node()
