@@ -36,6 +36,7 @@ else:
         from anymo_ros.msg import MovingObjectArray
         from anymo_ros.ros.qos import input_qos, output_qos
         from anymo_ros.ros.segment_node import SegmentNode
+        from anymo_ros.ros.spinning import ExecutorThread
         ROS_UNAVAILABLE = None
     except ImportError as error:
         ROS_UNAVAILABLE = (f"anymo_ros messages are not built ({error}); "
@@ -80,19 +81,12 @@ class Inbox:
 
 class RosHarness:
     """A test's view of the ROS graph: its own namespace, a helper node for publishers and
-    subscribers, and segment nodes started in this process (same executor, still real DDS).
-
-    The executor spins in a background thread and belongs to the test. ``close`` stops it before
-    it destroys any node: rclpy's executors are not safe against a node destroyed while they spin
-    in another thread (the spinning thread can die of an InvalidHandle, and every later test that
-    waits on a callback would time out).
-    """
+    subscribers, and segment nodes started in this process (same executor, still real DDS). The
+    executor spins in a background thread and belongs to the test."""
 
     def __init__(self) -> None:
-        self.executor = MultiThreadedExecutor(num_threads=4)
-        self._spin_error: BaseException | None = None
-        self._spinner = threading.Thread(target=self._spin, name="test_executor", daemon=True)
-        self._spinner.start()
+        self.spinner = ExecutorThread(MultiThreadedExecutor(num_threads=4), "test_executor").start()
+        self.executor = self.spinner.executor
         self.namespace = f"/test_{uuid.uuid4().hex[:8]}"
         self.image_topic = f"{self.namespace}/camera/image_raw"
         self.node = Node("harness", namespace=self.namespace)
@@ -136,27 +130,21 @@ class RosHarness:
                    what=f"publisher and subscriber on {publisher.topic_name} to match")
         return publisher
 
-    def _spin(self) -> None:
-        # A callback's exception ends the executor's spin: kept to fail the test with it.
-        try:
-            self.executor.spin()
-        except BaseException as error:  # noqa: BLE001 - re-raised by close()
-            self._spin_error = error
-
     def close(self) -> None:
-        # shutdown() joins the executor's threads, so it waits for the callbacks in flight; in a
-        # thread of its own, a callback that never ends fails the test instead of hanging the run.
-        stopper = threading.Thread(target=self.executor.shutdown, name="test_executor_shutdown", daemon=True)
+        # Stopped before any node is destroyed: rclpy's executors are not safe against a node
+        # destroyed while they spin. In a thread of its own, so that a callback that never ends
+        # fails the test instead of hanging the run (a multi-threaded executor's shutdown joins
+        # its workers).
+        stopper = threading.Thread(target=self.spinner.stop, name="test_executor_stop", daemon=True)
         stopper.start()
         stopper.join(timeout=ROS_TIMEOUT)
-        self._spinner.join(timeout=ROS_TIMEOUT)
-        assert not stopper.is_alive() and not self._spinner.is_alive(), \
+        assert not stopper.is_alive(), \
             f"the test executor did not stop in {ROS_TIMEOUT:.0f} s: a callback is still running"
         for node in self._segment_nodes:
             node.destroy_node()
         self.node.destroy_node()
-        if self._spin_error is not None:
-            raise AssertionError("a callback raised and stopped the test executor") from self._spin_error
+        if self.spinner.error is not None:
+            raise AssertionError("a callback raised and stopped the test executor") from self.spinner.error
 
 
 @pytest.fixture(scope="session")

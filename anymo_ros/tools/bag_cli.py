@@ -452,6 +452,7 @@ def replay_bag(bag: Path, out_bag: Path, topic: str = DEFAULT_IMAGE_TOPIC, publi
 
         from anymo_ros.msg import MovingObjectArray
         from anymo_ros.ros.qos import describe, input_qos, output_qos
+        from anymo_ros.ros.spinning import ExecutorThread
     except ImportError as error:
         raise BagError(f"replay needs ROS 2 and the built anymo_ros messages ({error}); "
                        "run: bash scripts/setup_env.sh && source scripts/env.sh") from error
@@ -482,8 +483,8 @@ def replay_bag(bag: Path, out_bag: Path, topic: str = DEFAULT_IMAGE_TOPIC, publi
         cleanup.callback(recorder.close, {"input_bag": bag, "input_topic": topic})
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
-        cleanup.callback(executor.shutdown)   # first: it waits for a running callback, then nothing writes
-        threading.Thread(target=executor.spin, name="replay_executor", daemon=True).start()
+        spinner = ExecutorThread(executor, "replay_executor").start()
+        cleanup.callback(spinner.stop)   # first: it waits for a running callback, then nothing writes
         try:
             _publish_frames(frames, publisher, recorder, summary, rate, timeout, node.get_logger())
             recorder.wait_for_all(timeout)

@@ -30,6 +30,7 @@ from anymo_ros.msg import MovingObjectArray
 from anymo_ros.ros.conversions import seconds_to_stamp
 from anymo_ros.ros.image_conversion import array_to_image, image_to_array, image_to_rgb
 from anymo_ros.ros.qos import input_qos, output_qos
+from anymo_ros.ros.spinning import ExecutorThread
 from anymo_ros.tools.metrics import ids_per_object, jaccard
 from anymo_ros.tools.synthetic import render_clip
 
@@ -97,7 +98,7 @@ def stream_clip(clip, process: subprocess.Popen, recorder: _Recorder) -> tuple[l
     publisher = node.create_publisher(Image, f"{DEMO_NAMESPACE}/camera/image_raw", input_qos(reliable=False))
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = ExecutorThread(executor, "demo_executor").start()
     try:
         # The node is up once its diagnostics arrive; by then its subscription has matched too.
         deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -118,7 +119,7 @@ def stream_clip(clip, process: subprocess.Popen, recorder: _Recorder) -> tuple[l
         time.sleep(0.3)  # the overlay follows the masks
         return headers, elapsed
     finally:
-        executor.shutdown()
+        spinner.stop()
         node.destroy_node()
 
 
