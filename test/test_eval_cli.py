@@ -1,4 +1,5 @@
 """Datasets, the Hopkins loader and the anymo-eval runner, on tiny data written per test."""
+import dataclasses
 import json
 import sys
 import types
@@ -45,7 +46,8 @@ def folder_dataset(tmp_path):
 
 
 class OracleSegmenter:
-    """Returns the ground truth as object 5, or nothing; records what it was fed."""
+    """Returns the ground truth as object 5, or nothing; records what it was fed. Its tracks, on
+    a 4 px grid, are dynamic (probability 1) exactly on the ground truth when it is perfect."""
 
     def __init__(self, perfect: bool = True):
         self.perfect = perfect
@@ -58,7 +60,12 @@ class OracleSegmenter:
         labels = np.zeros((HEIGHT, WIDTH), np.uint16)
         if self.perfect:
             labels[object_mask(index) > 0] = 5
-        return SegmentationResult(stamp=stamp, label_image=labels, objects=[], tracks=TrackSnapshot.empty(),
+        column, row = np.meshgrid(np.arange(2, WIDTH, 4), np.arange(2, HEIGHT, 4))
+        xy = np.stack((column.ravel(), row.ravel()), axis=1).astype(np.float32)
+        tracks = dataclasses.replace(
+            TrackSnapshot.empty(), ids=np.arange(len(xy)), xy=xy, visible=np.ones(len(xy), bool),
+            dynamic_prob=(labels[row.ravel(), column.ravel()] > 0).astype(np.float32))
+        return SegmentationResult(stamp=stamp, label_image=labels, objects=[], tracks=tracks,
                                   window_length=0, processing_time=0.01)
 
 
@@ -213,6 +220,9 @@ def test_evaluate_sequence_warm_up_and_frame_limit(folder_dataset):
     scores = evaluate_sequence(sequence, OracleSegmenter(perfect=False), max_frames=3, skip_first=1, progress=False)
     assert (scores.frames, scores.scored) == (3, 2)
     assert scores.j == scores.f == 0.0
+    # Its tracks of the two scored frames all say static: the object's are missed.
+    assert len(scores.track_dynamic) == 2 and all(dynamic.any() for dynamic in scores.track_dynamic)
+    assert scores.track_scores()["recall"] == 0.0 and scores.track_scores()["auroc"] == 0.5
 
 
 def test_evaluate_root_uses_a_fresh_segmenter_per_sequence(folder_dataset):
@@ -246,9 +256,10 @@ def test_mos_command_end_to_end(folder_dataset, tmp_path, monkeypatch, capsys):
     report = tmp_path / "scores.json"
     assert main(["mos", str(folder_dataset), "--sequences", "walk", "--json", str(report), "--instances"]) == 0
     table = capsys.readouterr().out
-    assert "walk" in table and "inst J" in table and "mean" in table
+    assert "walk" in table and "inst J" in table and "trk AUROC" in table and "mean" in table
     saved = json.loads(report.read_text())
     assert saved["mean"]["J"] == 1.0 and saved["mean"]["J&F"] == 1.0
+    assert saved["mean"]["track_auroc"] == 1.0 and saved["mean"]["track_accuracy"] == 1.0
     assert saved["sequences"][0]["per_frame_F"] == [1.0] * 4
     assert saved["config"]["classifier.backend"] == "ensemble"
 

@@ -16,6 +16,7 @@ from anymo_ros.tools.metrics import (
     match_instances,
     misclassification_rate,
     summarize,
+    track_ground_truth,
 )
 
 
@@ -193,3 +194,47 @@ def test_ids_per_object_lists_the_ids_that_covered_each_true_object():
     assert covering_ids(swapped, truth) == {1: 7}
     assert ids_per_object([steady, steady], [truth, truth]) == {1: [4], 2: [7]}
     assert ids_per_object([steady, swapped], [truth, truth]) == {1: [4, 7], 2: [7]}
+
+
+def test_track_ground_truth_labels_by_the_mask_and_skips_the_boundary_band():
+    gt = square()                                      # rows and columns 40..59
+    xy = np.array([[50, 50],                           # deep inside: dynamic
+                   [10, 10],                           # far outside: static
+                   [41, 50],                           # inside, 1 px from the edge
+                   [37, 50],                           # outside, 3 px from the edge
+                   [150, 5],                          # outside the image
+                   [np.nan, np.nan]], np.float32)      # no position
+    dynamic, scored = track_ground_truth(xy, gt, margin=4)
+    assert scored.tolist() == [True, True, False, False, False, False]
+    assert dynamic.tolist() == [True, False, True, False, False, False]
+    _, scored_without_margin = track_ground_truth(xy, gt, margin=0)
+    assert scored_without_margin.tolist() == [True, True, True, True, False, False]
+
+
+def test_sequence_scorer_scores_the_tracks_of_annotated_frames():
+    gt = square()
+    xy = np.array([[50, 50], [45, 55], [10, 10], [90, 20], [50, 40]], np.float32)  # the last is in the 2 px band
+    scorer = SequenceScorer("toy")
+    empty = np.zeros((100, 100), np.uint16)
+    scorer.add_frame(empty, 0.01, None, None, xy, np.ones(5))                     # unannotated: not scored
+    scorer.add_frame(empty, 0.01, gt, None, xy, np.array([0.9, 0.4, 0.1, 0.6, 0.0]))
+    scorer.add_frame(empty, 0.01, gt, None, xy[:3], np.array([0.8, 0.7, 0.2]))
+    scores = scorer.result()
+    row = scores.summary()
+    # Scored: (0.9, 0.4, 0.1, 0.6) then (0.8, 0.7, 0.2); dynamic are the first two of each frame.
+    assert row["track_count"] == 7
+    assert row["track_accuracy"] == pytest.approx(5 / 7)   # 0.4 missed, 0.6 a false alarm
+    assert row["track_precision"] == pytest.approx(3 / 4)
+    assert row["track_recall"] == pytest.approx(3 / 4)
+    # Positives 0.9, 0.4, 0.8, 0.7 against negatives 0.1, 0.6, 0.2: 11 of 12 pairs ordered.
+    assert row["track_auroc"] == pytest.approx(11 / 12)
+
+    untracked = SequenceScorer("no-tracks")
+    untracked.add_frame(gt.astype(np.uint16), 0.01, gt)
+    assert "track_auroc" not in untracked.result().summary()
+    one_class = SequenceScorer("all-static")
+    one_class.add_frame(empty, 0.01, np.zeros_like(gt), None, xy, np.zeros(5))
+    mean = summarize([scores, untracked.result(), one_class.result()])
+    assert mean["track_auroc"] == pytest.approx(11 / 12)    # undefined for the one-class sequence
+    assert mean["track_accuracy"] == pytest.approx((5 / 7 + 1.0) / 2)
+    assert "track_auroc" not in summarize([untracked.result()])

@@ -35,7 +35,7 @@ from anymo_ros.tools.datasets import (
     load_hopkins,
 )
 from anymo_ros.tools.metrics import SequenceScorer, SequenceScores, misclassification_rate, summarize
-from anymo_ros.types import SegmentationResult
+from anymo_ros.types import SegmentationResult, TrackSnapshot
 
 TRACK_BACKENDS = ("geometric", "learned", "ensemble")
 
@@ -79,13 +79,16 @@ def evaluate_sequence(
     count = len(sequence) if max_frames is None else min(max_frames, len(sequence))
     for index in tqdm(range(count), desc=sequence.name, unit="frame", leave=False, disable=_tqdm_disable(progress)):
         result = segmenter.feed(sequence.frame(index), sequence.stamp(index))
-        _score_frame(scorer, sequence, index, result.label_image, result.processing_time, instances, skip_first)
+        _score_frame(scorer, sequence, index, result.label_image, result.processing_time, instances, skip_first,
+                     result.tracks)
     return scorer.result()
 
 
 def _score_frame(scorer: SequenceScorer, sequence: Sequence, index: int, label_image: np.ndarray,
-                 processing_time: float | None, instances: bool, skip_first: int) -> None:
-    """Add frame `index`'s output to `scorer`, scored when it is annotated and past the warm-up."""
+                 processing_time: float | None, instances: bool, skip_first: int,
+                 tracks: TrackSnapshot | None = None) -> None:
+    """Add frame `index`'s output to `scorer`, scored when it is annotated and past the warm-up;
+    with the frame's `tracks`, their dynamic probabilities are scored too."""
     gt_mask = gt_instances = None
     if index >= skip_first and sequence.has_mask(index):
         if instances:
@@ -98,7 +101,10 @@ def _score_frame(scorer: SequenceScorer, sequence: Sequence, index: int, label_i
                 f"pipeline returned a {label_image.shape} label image for frame "
                 f"{sequence.frame_paths[index]} with a {gt_mask.shape} mask"
             )
-    scorer.add_frame(label_image, processing_time, gt_mask, gt_instances)
+    track_xy = track_probability = None
+    if tracks is not None and gt_mask is not None:
+        track_xy, track_probability = tracks.xy[tracks.visible], tracks.dynamic_prob[tracks.visible]
+    scorer.add_frame(label_image, processing_time, gt_mask, gt_instances, track_xy, track_probability)
 
 
 def evaluate_root(
@@ -300,7 +306,7 @@ def _format_cell(value: float | int | str, column: str) -> str:
 def format_table(rows: list[dict], footer: dict, columns: list[tuple[str, str]]) -> str:
     """Plain-text table of `rows` and a `footer` row (the mean); `columns` are (row key, header) pairs."""
     header = [title for _, title in columns]
-    body = [[_format_cell(row[key], key) for key, _ in columns] for row in [*rows, footer]]
+    body = [[_format_cell(row.get(key, math.nan), key) for key, _ in columns] for row in [*rows, footer]]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(columns))]
 
     def join(cells: list[str]) -> str:
@@ -317,6 +323,8 @@ def _print_scores(scores: list[SequenceScores], instances: bool) -> dict[str, fl
                ("J", "J"), ("F", "F"), ("J&F", "J&F")]
     if instances:
         columns.append(("instance_J", "inst J"))
+    if "track_auroc" in mean:
+        columns += [("track_accuracy", "trk acc"), ("track_auroc", "trk AUROC")]
     columns += [("fps", "FPS"), ("latency_p50", "p50 ms"), ("latency_p95", "p95 ms")]
     print(format_table(rows, mean, columns))
     return mean

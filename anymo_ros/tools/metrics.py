@@ -6,14 +6,20 @@ Conventions shared by every function here:
   and every other value is one object.
 * Sequence scores are the mean of per-frame scores; dataset scores are the mean of sequence
   scores (the DAVIS convention, so long sequences do not dominate).
+* Track scores judge the classifier on real video: a track inside the ground-truth mask counts
+  as dynamic, one outside as static, and one near the mask's boundary is not scored.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
+
+from anymo_ros.classify.training import classification_scores
 
 DAVIS_TOLERANCE_RATIO = 0.008
 
@@ -137,6 +143,26 @@ def boundary_f(pred: np.ndarray, gt: np.ndarray, tolerance_ratio: float = DAVIS_
 # --- instance matching -----------------------------------------------------------------------
 
 
+def track_ground_truth(xy: np.ndarray, gt_mask: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Dynamic labels and which of the tracks at ``xy`` (N, 2) can be scored against ``gt_mask``.
+
+    A track is dynamic when its pixel lies in the mask. Tracks less than ``margin`` px from the
+    mask's boundary, where a point is as likely on the object as behind it, and tracks outside
+    the image or without a position are not scored. Returns (dynamic, scored), both (N,) bool.
+    """
+    height, width = gt_mask.shape
+    column, row = np.round(np.nan_to_num(xy, nan=-1.0)).astype(np.int64).T
+    scored = (column >= 0) & (column < width) & (row >= 0) & (row < height)
+    column, row = np.where(scored, column, 0), np.where(scored, row, 0)
+    mask = gt_mask.astype(np.uint8)
+    # Distance of each pixel to the nearest pixel of the other side of the boundary.
+    inside = cv2.distanceTransform(mask, cv2.DIST_L2, 5)
+    outside = cv2.distanceTransform(1 - mask, cv2.DIST_L2, 5)
+    dynamic = gt_mask[row, column]
+    clearance = np.where(dynamic, inside[row, column], outside[row, column])
+    return dynamic & scored, scored & (clearance > margin)
+
+
 def _contingency(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct values of a and b, and counts[i, j] of positions where a == a_ids[i] and b == b_ids[j]."""
     a_ids, a_index = np.unique(np.ravel(a), return_inverse=True)
@@ -245,6 +271,8 @@ class SequenceScores:
     boundary: list[float] = field(default_factory=list)      # per scored frame
     instance_jaccard: list[float] = field(default_factory=list)  # per scored frame, when requested
     processing_times: list[float] = field(default_factory=list)  # seconds, per processed frame
+    track_probability: list[np.ndarray] = field(default_factory=list)  # per scored frame: scored tracks'
+    track_dynamic: list[np.ndarray] = field(default_factory=list)      # dynamic probability and label
 
     @property
     def scored(self) -> int:
@@ -272,6 +300,13 @@ class SequenceScores:
         total = float(np.sum(self.processing_times))
         return len(self.processing_times) / total if total > 0 else float("nan")
 
+    def track_scores(self) -> dict[str, float] | None:
+        """Accuracy, precision, recall (probability >= 0.5) and AUROC over all scored tracks of
+        all frames (a track counts once per frame); None without tracks."""
+        if not sum(len(dynamic) for dynamic in self.track_dynamic):
+            return None
+        return classification_scores(np.concatenate(self.track_probability), np.concatenate(self.track_dynamic))
+
     def latency(self, percentile: float) -> float:
         """Percentile of the per-frame processing time, in seconds."""
         return float(np.percentile(self.processing_times, percentile)) if self.processing_times else float("nan")
@@ -284,6 +319,9 @@ class SequenceScores:
         }
         if self.instance_jaccard:
             row["instance_J"] = self.instance_j
+        tracks = self.track_scores()
+        if tracks is not None:
+            row.update({"track_count" if name == "tracks" else f"track_{name}": value for name, value in tracks.items()})
         return row
 
 
@@ -304,12 +342,16 @@ class SequenceScorer:
         processing_time: float | None = None,
         gt_mask: np.ndarray | None = None,
         gt_instances: np.ndarray | None = None,
+        track_xy: np.ndarray | None = None,
+        track_probability: np.ndarray | None = None,
     ) -> None:
         """Record one output label image (0 = static).
 
         Without `gt_mask` the frame only counts for timing (unannotated or warm-up frames).
         All moving objects merge into one foreground for J and F (the MOS protocol);
-        `gt_instances` (ground-truth ids) adds the instance J.
+        `gt_instances` (ground-truth ids) adds the instance J. The positions `track_xy` (N, 2) of
+        the tracks visible in the frame and their dynamic probability (N,) add the track scores;
+        tracks closer to the mask's boundary than the F-measure's tolerance are not scored.
         """
         self._scores.frames += 1
         if processing_time is not None:
@@ -321,6 +363,11 @@ class SequenceScorer:
         self._scores.boundary.append(boundary_f(foreground, gt_mask, self._tolerance_ratio))
         if gt_instances is not None:
             self._scores.instance_jaccard.append(instance_jaccard(label_image, gt_instances))
+        if track_xy is not None:
+            dynamic, scored = track_ground_truth(track_xy, gt_mask, boundary_tolerance(gt_mask.shape,
+                                                                                       self._tolerance_ratio))
+            self._scores.track_probability.append(np.asarray(track_probability, np.float64)[scored])
+            self._scores.track_dynamic.append(dynamic[scored])
 
     def result(self) -> SequenceScores:
         return self._scores
@@ -328,7 +375,8 @@ class SequenceScorer:
 
 def summarize(sequences: list[SequenceScores]) -> dict[str, float | int | str]:
     """Dataset row: J, F and J&F averaged over the sequences that have scored frames; FPS and
-    latency over all processed frames pooled."""
+    latency over all processed frames pooled; track scores averaged over the sequences with
+    scored tracks (leaving out a score a sequence does not define, as AUROC with one class)."""
     pooled = SequenceScores("mean", processing_times=[t for s in sequences for t in s.processing_times])
     scored = [s for s in sequences if s.scored]
     row: dict[str, float | int | str] = {
@@ -342,4 +390,7 @@ def summarize(sequences: list[SequenceScores]) -> dict[str, float | int | str]:
     }
     if any(s.instance_jaccard for s in sequences):
         row["instance_J"] = _mean([s.instance_j for s in sequences if s.instance_jaccard])
+    tracked = [scores for scores in (s.track_scores() for s in sequences) if scores is not None]
+    for name in ("accuracy", "precision", "recall", "auroc") if tracked else ():
+        row[f"track_{name}"] = _mean([value for scores in tracked if math.isfinite(value := scores[name])])
     return row
