@@ -140,7 +140,7 @@ def boundary_f(pred: np.ndarray, gt: np.ndarray, tolerance_ratio: float = DAVIS_
     return 2.0 * precision * recall / (precision + recall)
 
 
-# --- instance matching -----------------------------------------------------------------------
+# --- track labels ----------------------------------------------------------------------------
 
 
 def track_ground_truth(xy: np.ndarray, gt_mask: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
@@ -161,6 +161,9 @@ def track_ground_truth(xy: np.ndarray, gt_mask: np.ndarray, margin: float) -> tu
     dynamic = gt_mask[row, column]
     clearance = np.where(dynamic, inside[row, column], outside[row, column])
     return dynamic & scored, scored & (clearance > margin)
+
+
+# --- instance matching -----------------------------------------------------------------------
 
 
 def _contingency(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
